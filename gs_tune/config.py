@@ -1,0 +1,233 @@
+"""Typed configuration: the one place where a flat dict becomes config.
+
+Every caller (CLI flags, a YAML file, a Ray Tune trial's sampled parameters)
+produces a flat ``dict`` and hands it to :func:`train_config` or
+:func:`algo_hparams`. Validation lives here so an error always names the field
+and what is allowed, whoever the caller was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from gs_tune.errors import ConfigError
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "ahe")
+DATASETS = ("digits", "mnist", "omniglot", "miniimagenet")
+MODELS = ("conv4", "mlp")
+HVP_MODES = ("finite_difference", "exact")
+AHE_AT = ("first_step", "all_steps")
+SCHEDULES = ("constant", "linear_warmup", "linear_decay", "cosine", "step")
+DEVICES = ("auto", "cpu", "cuda")
+BATCHING = ("auto", "vmap", "loop")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class AlgoHParams:
+    """Hyperparameters of one meta-gradient computation (DESIGN.md §2)."""
+
+    inner_lr: float = 0.4
+    """α: SGD step size of the inner (task-adaptation) loop."""
+    inner_steps: int = 1
+    """K: inner SGD steps on the support set."""
+    w_cos: float = 0.0
+    """Weight of the cosine term w_cos·(1 − cos(g_S, g_Q)) (ahe only)."""
+    w_l2: float = 0.0
+    """Weight of the squared-error term w_l2·‖g_S − g_Q‖² (ahe only)."""
+    w_dot: float = 0.0
+    """Weight of the dot term −w_dot·⟨g_S, g_Q⟩; w_dot = inner_lr recovers MAML at K = 1."""
+    hvp: str = "finite_difference"
+    """How H_S·u is computed: central finite difference (first-order) or exact (jvp of grad)."""
+    fd_eps: float = 1e-3
+    """Step of the central finite difference along û = u/‖u‖."""
+    ahe_at: str = "first_step"
+    """Apply the correction at θ only, or sum it over every inner iterate θ_k."""
+    ahe_scale: float = 1.0
+    """λ at this meta-iteration (the trainer applies the schedule before calling)."""
+    ahe_clip: float | None = None
+    """ρ: clip ‖λ·H·u‖ to ρ·‖g_Q‖ per task; None disables clipping."""
+    batching: str = "auto"
+    """Tasks batched with vmap, a Python loop, or auto (vmap on CUDA, loop on CPU)."""
+
+    @property
+    def has_correction(self) -> bool:
+        return (self.w_cos, self.w_l2, self.w_dot) != (0.0, 0.0, 0.0) and self.ahe_scale != 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one meta-training run needs; a Ray Tune trial is one of these."""
+
+    # data
+    dataset: str = "digits"
+    """Few-shot benchmark: digits (embedded), mnist, omniglot, miniimagenet."""
+    data_root: str | None = None
+    """Directory of the dataset files (not needed for digits)."""
+    ways: int = 5
+    """N: classes per task."""
+    shots: int = 1
+    """K-shot: support examples per class."""
+    query: int = 15
+    """Q: query examples per class."""
+    # model
+    model: str = "conv4"
+    """conv4 (4 × conv-BN-ReLU-pool, MAML's network) or mlp."""
+    filters: int = 32
+    """Conv-4 channels per layer (32 or 64 in the literature); MLP hidden width ×8."""
+    # algorithm
+    algorithm: str = "ahe"
+    """maml, fomaml, reptile or ahe (first-order MAML + gradient-similarity correction)."""
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    eval_inner_steps: int | None = None
+    """Inner steps at validation/test time; None means inner_steps."""
+    w_cos: float = 0.0
+    w_l2: float = 0.0
+    w_dot: float = 0.0
+    hvp: str = "finite_difference"
+    fd_eps: float = 1e-3
+    ahe_at: str = "first_step"
+    ahe_scale: float = 1.0
+    """λ₀, the peak of the λ schedule."""
+    ahe_clip: float | None = None
+    ahe_schedule: str = "constant"
+    """λ(t) over meta-iterations: constant, linear_warmup, linear_decay, cosine, step."""
+    ahe_warmup: float = 0.2
+    """Fraction of iterations that linear_warmup takes to reach λ₀."""
+    ahe_step_every: float = 0.5
+    """step schedule: multiply λ by ahe_step_gamma every this fraction of iterations."""
+    ahe_step_gamma: float = 0.1
+    # outer loop
+    outer_lr: float = 1e-3
+    """Adam step size of the meta-update."""
+    iterations: int = 300
+    """Meta-iterations (outer Adam steps)."""
+    meta_batch: int = 4
+    """Tasks per meta-iteration."""
+    batching: str = "auto"
+    # evaluation
+    val_every: int = 50
+    """Validate every this many meta-iterations (and at the last one)."""
+    val_tasks: int = 100
+    """Validation tasks per validation."""
+    test_tasks: int = 600
+    """Tasks of the final test evaluation (600 as in the MAML paper); 0 skips it."""
+    # run
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    out: str | None = None
+    """Directory for checkpoint.pt, result.json and TensorBoard files."""
+    checkpoint_every: int = 100
+    tensorboard: bool = False
+    progress: bool = True
+    """Show a progress bar (the CLI turns it off under Ray)."""
+
+    def algo_hparams(self, ahe_scale: float | None = None) -> AlgoHParams:
+        """The per-iteration hyperparameters, with λ replaced by the scheduled value."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(AlgoHParams)}
+        if ahe_scale is not None:
+            kwargs["ahe_scale"] = ahe_scale
+        return AlgoHParams(**kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- validation -------------------------------------------------------------
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "algorithm": ALGORITHMS,
+    "dataset": DATASETS,
+    "model": MODELS,
+    "hvp": HVP_MODES,
+    "ahe_at": AHE_AT,
+    "ahe_schedule": SCHEDULES,
+    "device": DEVICES,
+    "batching": BATCHING,
+    "dtype": DTYPES,
+}
+_POSITIVE = {
+    "inner_lr", "inner_steps", "outer_lr", "iterations", "meta_batch", "ways", "shots",
+    "query", "filters", "fd_eps", "val_every", "val_tasks", "checkpoint_every",
+    "eval_inner_steps", "ahe_clip", "ahe_step_every",
+}
+_NON_NEGATIVE = {"w_cos", "w_l2", "w_dot", "ahe_scale", "test_tasks", "ahe_warmup", "ahe_step_gamma"}
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Turn YAML/CLI/Tune values (often strings or numpy scalars) into the field's type."""
+    optional = "None" in annotation
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(name, "must be set")
+    base = annotation.replace(" | None", "").strip()
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if base == "int":
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError(value)
+            return int(as_float)
+        if base == "float":
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError(value)
+            return out
+        return str(value)
+    except (TypeError, ValueError):
+        kind = {"int": "an integer", "float": "a finite number", "bool": "true or false"}.get(base, base)
+        raise ConfigError(name, f"must be {kind}, got {value!r}") from None
+
+
+def _check_value(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ConfigError(name, f"got {value!r}, allowed: {', '.join(_CHOICES[name])}")
+    if name in _POSITIVE and value <= 0:
+        raise ConfigError(name, f"must be > 0, got {value!r}")
+    if name in _NON_NEGATIVE and value < 0:
+        raise ConfigError(name, f"must be >= 0, got {value!r}")
+
+
+def _build(cls: type, values: Mapping[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown field; allowed: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        coerced = _coerce(name, value, str(known[name].type))
+        _check_value(name, coerced)
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def train_config(values: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """Validate a flat mapping (YAML, CLI flags, Tune sample) into a :class:`TrainConfig`."""
+    merged = {**(values or {}), **overrides}
+    merged = {k.replace("-", "_"): v for k, v in merged.items()}
+    cfg = _build(TrainConfig, merged)
+    if cfg.ahe_warmup > 1 or cfg.ahe_step_every > 1:
+        name = "ahe_warmup" if cfg.ahe_warmup > 1 else "ahe_step_every"
+        raise ConfigError(name, "is a fraction of iterations and must be <= 1")
+    return cfg
+
+
+def algo_hparams(values: Mapping[str, Any] | None = None, **overrides: Any) -> AlgoHParams:
+    """Validate keyword hyperparameters of :func:`gs_tune.meta_gradient`."""
+    return _build(AlgoHParams, {**(values or {}), **overrides})
+
