@@ -35,7 +35,7 @@ class TaskBatch(NamedTuple):
     def num_tasks(self) -> int:
         return self.x_support.shape[0]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TaskBatch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
         return TaskBatch(
             self.x_support.to(device=device, dtype=dtype),
             self.y_support.to(device),
@@ -43,7 +43,7 @@ class TaskBatch(NamedTuple):
             self.y_query.to(device),
         )
 
-    def task(self, i: int) -> "TaskBatch":
+    def task(self, i: int) -> TaskBatch:
         """Task ``i`` alone, still with a task axis of length 1."""
         return TaskBatch(*(t[i : i + 1] for t in self))
 

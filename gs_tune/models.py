@@ -1,0 +1,91 @@
+"""Models: Conv-4 (MAML's few-shot network) and a small MLP. Plain nn.Modules.
+
+Batch norm always normalises with the statistics of the batch it sees and keeps
+no running averages, as in MAML: adaptation and evaluation then see the same
+normalisation, and the network stays a pure function of its parameters, which
+``torch.func`` (functional_call, grad, vmap) needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gs_tune.errors import ConfigError
+
+
+class Conv4(nn.Module):
+    """4 × [3×3 conv, batch norm (batch statistics), ReLU, 2×2 max-pool], then a linear head."""
+
+    def __init__(self, in_channels: int, ways: int, image_size: int, filters: int = 32):
+        super().__init__()
+        blocks = []
+        channels = in_channels
+        for _ in range(4):
+            blocks += [
+                nn.Conv2d(channels, filters, kernel_size=3, padding=1),
+                nn.BatchNorm2d(filters, track_running_stats=False),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            channels = filters
+        self.features = nn.Sequential(*blocks)
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        if side < 1:
+            raise ConfigError("model", f"conv4 needs images of at least 16×16, got {image_size}×{image_size}")
+        self.head = nn.Linear(filters * side * side, ways)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """Two hidden ReLU layers with batch norm; the cheap model for quick checks."""
+
+    def __init__(self, in_features: int, ways: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden, track_running_stats=False),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.BatchNorm1d(hidden // 2, track_running_stats=False),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, ways),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_model(
+    name: str, image_shape: tuple[int, int, int], ways: int, filters: int = 32,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """A freshly initialised model; ``generator`` seeds the initialisation without global state."""
+    channels, height, width = image_shape
+    if name == "conv4":
+        model: nn.Module = Conv4(channels, ways, min(height, width), filters)
+    elif name == "mlp":
+        model = MLP(channels * height * width, ways, hidden=8 * filters)
+    else:
+        raise ConfigError("model", f"got {name!r}, allowed: conv4, mlp")
+    if generator is not None:
+        _reinitialise(model, generator)
+    return model
+
+
+def _reinitialise(model: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default init, but drawn from ``generator`` instead of the global RNG."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                fan_in = module.weight[0].numel()
+                bound = 1.0 / fan_in**0.5
+                # kaiming_uniform(a=√5) as nn.Linear/Conv2d use reduces to U(-1/√fan_in, 1/√fan_in)
+                module.weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:
+                    module.bias.uniform_(-bound, bound, generator=generator)

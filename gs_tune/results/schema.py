@@ -1,0 +1,154 @@
+"""Arrow schemas of the run-directory tables: trials.parquet, metrics.parquet, evaluation.parquet.
+
+Every field carries a ``description`` in its Arrow metadata so a reader of the
+Parquet file (``pq.read_schema(path).field(name).metadata``) finds the meaning
+without this module. docs/results.md is the prose version; keep both in step.
+The core columns and their order are a contract with readers (notebooks, DuckDB
+queries): add columns at the end of a section, never rename or retype one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+PARAM_PREFIX = "param_"
+
+_F64 = pa.float64()
+_I64 = pa.int64()
+_STR = pa.string()
+
+
+def _field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": description})
+
+
+def _schema(fields: list[pa.Field], table: str) -> pa.Schema:
+    return pa.schema(fields, metadata={"gs_tune.table": table, "gs_tune.schema_version": SCHEMA_VERSION})
+
+
+# --- trials.parquet -----------------------------------------------------------
+
+TRIAL_CORE_FIELDS: list[pa.Field] = [
+    _field("trial_id", _STR, "Ray Tune trial id; also the name of trials/<id>/ and tensorboard/<id>/.", False),
+    _field("status", _STR, "running | completed | early_stopped (ASHA) | diverged (non-finite loss) | error.",
+           False),
+    _field("final_val_accuracy", _F64, "val_accuracy of the last validation record."),
+    _field("best_val_accuracy", _F64, "Highest finite val_accuracy over the trial's validation records."),
+    _field("final_val_loss", _F64, "val_loss of the last validation record."),
+    _field("best_val_loss", _F64, "Lowest finite val_loss over the trial's validation records."),
+    _field("final_val_ci95", _F64, "95% confidence half-width of final_val_accuracy."),
+    _field("iterations", _I64, "Meta-iterations done (iteration of the latest record)."),
+    _field("wall_seconds", _F64, "elapsed_s of the latest record: wall time of the trial so far."),
+    _field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration (latest record)."),
+    _field("device", _STR, "Device the trial trained on (e.g. cuda:0, cpu), when the search layer knows it."),
+    _field("node", _STR, "Host / Ray node the trial ran on, when known."),
+    _field("seed", _I64, "Training seed (the 'seed' parameter), when set."),
+    _field("error", _STR, "Error message of a trial that ended with status error or diverged."),
+    _field("test_loss", _F64, "Query loss of the final test evaluation (kind=test record)."),
+    _field("test_accuracy", _F64, "Accuracy of the final test evaluation (kind=test record)."),
+    _field("test_ci95", _F64, "95% confidence half-width of test_accuracy."),
+    _field("peak_memory_mb", _F64, "Peak accelerator/host memory of the trial in MiB, latest reported."),
+]
+TRIAL_CORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in TRIAL_CORE_FIELDS)
+
+_PY_TO_ARROW: dict[type, pa.DataType] = {bool: pa.bool_(), int: _I64, float: _F64, str: _STR}
+# Promotion order when one parameter takes values of different kinds across trials:
+# a column can only widen (bool < int < float < string), so old rows always still fit.
+_RANK = {pa.bool_(): 0, _I64: 1, _F64: 2, _STR: 3}
+
+
+def arrow_type(type_: type | pa.DataType) -> pa.DataType:
+    """The Arrow type of a parameter column for a Python type (bool, int, float, str) or Arrow type."""
+    if isinstance(type_, pa.DataType):
+        if type_ not in _RANK:
+            raise TypeError(f"parameter columns are bool, int64, float64 or string, got {type_}")
+        return type_
+    if type_ in _PY_TO_ARROW:
+        return _PY_TO_ARROW[type_]
+    # Lists, dicts and other objects are stored as their JSON text.
+    return _STR
+
+
+def widen(a: pa.DataType | None, b: pa.DataType | None) -> pa.DataType | None:
+    """The narrowest parameter type that holds values of both types (None = no value seen yet)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if _RANK[a] >= _RANK[b] else b
+
+
+def param_column(name: str) -> str:
+    return PARAM_PREFIX + name
+
+
+def trials_schema(param_types: Mapping[str, type | pa.DataType]) -> pa.Schema:
+    """Schema of trials.parquet: the core columns, then one nullable ``param_<name>`` column per parameter.
+
+    ``param_types`` maps each searched or fixed parameter name to ``bool``, ``int``, ``float`` or
+    ``str`` (or the Arrow type); parameter columns come in sorted order so two runs over the same
+    space have identical schemas whatever order the parameters were first seen in.
+    """
+    fields = list(TRIAL_CORE_FIELDS)
+    for name in sorted(param_types):
+        fields.append(_field(param_column(name), arrow_type(param_types[name]),
+                             f"Trial parameter '{name}' (searched or fixed); null when not set."))
+    return _schema(fields, "trials")
+
+
+def param_types_of(schema: pa.Schema) -> dict[str, pa.DataType]:
+    """Inverse of :func:`trials_schema`: the parameter types held in a trials schema."""
+    return {f.name[len(PARAM_PREFIX):]: f.type for f in schema if f.name.startswith(PARAM_PREFIX)}
+
+
+# Kept for callers that want the fixed part only (e.g. to validate a table without parameters).
+TRIALS_SCHEMA: pa.Schema = trials_schema({})
+
+# --- metrics.parquet ----------------------------------------------------------
+
+METRICS_SCHEMA: pa.Schema = _schema([
+    _field("trial_id", _STR, "Ray Tune trial id (join key with trials.parquet).", False),
+    _field("iteration", _I64, "Meta-iterations done when the record was made; unique per trial.", False),
+    _field("elapsed_s", _F64, "Wall seconds since the trial started."),
+    _field("train_loss", _F64, "Query loss after adaptation, averaged since the previous record."),
+    _field("train_accuracy", _F64, "Query accuracy after adaptation, averaged since the previous record."),
+    _field("val_loss", _F64, "Validation query loss after adaptation."),
+    _field("val_accuracy", _F64, "Validation query accuracy after adaptation."),
+    _field("val_ci95", _F64, "95% confidence half-width of val_accuracy over the validation tasks."),
+    _field("grad_norm", _F64, "Norm of the first-order meta-gradient."),
+    _field("correction_norm", _F64, "Norm of the AHE correction λ·H·u (0 for non-ahe algorithms)."),
+    _field("grad_cosine", _F64, "Cosine between support and query gradients."),
+    _field("ahe_lambda", _F64, "λ of the AHE schedule at this iteration."),
+    _field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration so far."),
+], "metrics")
+METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS_SCHEMA.names)
+
+# --- evaluation.parquet -------------------------------------------------------
+
+EVALUATION_SCHEMA: pa.Schema = _schema([
+    _field("method", _STR, "Method evaluated (e.g. ahe, maml, fomaml, reptile).", False),
+    _field("config_source", _STR, "Where the configuration came from: tuned, default, baselines-run, …"),
+    _field("seed", _I64, "Seed of this evaluation run."),
+    _field("test_accuracy", _F64, "Mean test accuracy over test_tasks tasks."),
+    _field("test_ci95", _F64, "95% confidence half-width of test_accuracy."),
+    _field("test_tasks", _I64, "Number of test tasks evaluated."),
+    _field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration."),
+    _field("peak_memory_mb", _F64, "Peak memory of the run in MiB."),
+    _field("params_json", _STR, "All parameters of the run as a JSON object (sorted keys)."),
+], "evaluation")
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def describe(schema: pa.Schema) -> list[tuple[str, str, str]]:
+    """(name, type, description) per field: what docs/results.md tabulates."""
+    out = []
+    for f in schema:
+        meta: Mapping[Any, Any] = f.metadata or {}
+        out.append((f.name, str(f.type), meta.get(b"description", b"").decode()))
+    return out
