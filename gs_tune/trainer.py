@@ -127,6 +127,7 @@ def train(
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
 
     start_iteration, elapsed_before, train_seconds = 0, 0.0, 0.0
+    record: dict[str, Any] = {}  # the latest validation record
     if resume_from is not None:
         path = Path(resume_from)
         state = torch.load(path / CHECKPOINT_NAME if path.is_dir() else path, map_location=device)
@@ -135,6 +136,7 @@ def train(
         rng.bit_generator.state = state["rng"]
         start_iteration, elapsed_before = state["iteration"], state["elapsed_s"]
         train_seconds = state["train_seconds"]
+        record = state.get("last_record", {})
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (Path(cfg.out) if cfg.out else None)
 
     def checkpoint(iteration: int, elapsed: float) -> str | None:
@@ -144,7 +146,7 @@ def train(
         save_checkpoint(path, {
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "rng": rng.bit_generator.state,
             "iteration": iteration, "elapsed_s": elapsed, "train_seconds": train_seconds,
-            "config": cfg.as_dict(),
+            "config": cfg.as_dict(), "last_record": record,
         })
         return str(path)
 
@@ -156,7 +158,6 @@ def train(
     started = time.perf_counter()
     sums = {k: 0.0 for k in STAT_NAMES}
     counted = 0
-    record: dict[str, Any] = {}
     for iteration in range(start_iteration, cfg.iterations):
         t0 = time.perf_counter()
         lam = ahe_lambda(cfg, iteration)
@@ -171,8 +172,9 @@ def train(
         done = iteration + 1
         elapsed = elapsed_before + time.perf_counter() - started
         if not math.isfinite(values["query_loss"]):
+            # val_accuracy 0 ranks a diverged run below any real one for the searcher
             yield {"kind": "diverged", "iteration": done, "elapsed_s": elapsed, "val_accuracy": 0.0,
-                   "train_loss": values["query_loss"]}
+                   "train_loss": values["query_loss"], "sec_per_iter": train_seconds / done}
             return
         for k, v in values.items():
             sums[k] += v
@@ -193,14 +195,16 @@ def train(
             "grad_cosine": sums["grad_cosine"] / counted, "ahe_lambda": lam,
             "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_ci95": val["ci95"],
         }
-        record["checkpoint"] = checkpoint(done, record["elapsed_s"])
+        saved = checkpoint(done, record["elapsed_s"])
         sums = {k: 0.0 for k in STAT_NAMES}
         counted = 0
-        yield record
+        yield {**record, "checkpoint": saved}
     if progress is not None:
         progress.close()
 
-    final: dict[str, Any] = {"kind": "test", "iteration": cfg.iterations,
+    # The final record repeats the last validation so a consumer that keeps only
+    # the last record (Ray Tune's searchers do) still sees every metric.
+    final: dict[str, Any] = {**record, "kind": "test", "iteration": cfg.iterations,
                              "sec_per_iter": train_seconds / max(cfg.iterations, 1)}
     if test_sampler is not None:
         test_tasks = test_sampler.sample(cfg.test_tasks, np.random.default_rng(test_seq))
@@ -208,7 +212,7 @@ def train(
         final.update(test_loss=test["loss"], test_accuracy=test["accuracy"], test_ci95=test["ci95"])
     final.update(
         elapsed_s=elapsed_before + time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device),
-        device=str(device), val_accuracy=record.get("val_accuracy"), val_ci95=record.get("val_ci95"),
+        device=str(device),
     )
     if cfg.out:
         out = Path(cfg.out)

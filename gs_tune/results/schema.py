@@ -9,7 +9,8 @@ queries): add columns at the end of a section, never rename or retype one.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -33,7 +34,7 @@ def _schema(fields: list[pa.Field], table: str) -> pa.Schema:
 
 TRIAL_CORE_FIELDS: list[pa.Field] = [
     _field("trial_id", _STR, "Ray Tune trial id; also the name of trials/<id>/ and tensorboard/<id>/.", False),
-    _field("status", _STR, "running | completed | early_stopped (ASHA) | diverged (non-finite loss) | error.",
+    _field("status", _STR, "running, completed, early_stopped (by ASHA), diverged (non-finite loss) or error.",
            False),
     _field("final_val_accuracy", _F64, "val_accuracy of the last validation record."),
     _field("best_val_accuracy", _F64, "Highest finite val_accuracy over the trial's validation records."),

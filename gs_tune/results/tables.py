@@ -14,20 +14,20 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gs_tune.errors import RunDirError
 from gs_tune.results import _values as V
-from gs_tune.results.schema import (
-    EVALUATION_SCHEMA, METRIC_COLUMNS, METRICS_SCHEMA, PARAM_PREFIX, TRIAL_CORE_COLUMNS,
-    arrow_type, param_column, param_types_of, trials_schema,
-)
+from gs_tune.results import schema as S
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
+
     from gs_tune.results.tensorboard import TrialTensorBoard
 
 TRIALS_FILE = "trials.parquet"
@@ -106,7 +106,7 @@ def write_evaluation(run_dir: str | os.PathLike[str], rows: Iterable[Mapping[str
     Each row has the EVALUATION_SCHEMA keys; instead of ``params_json`` a row may give ``params``
     (a dict, stored as sorted JSON). Unknown keys are an error so a typo does not silently drop data.
     """
-    allowed = set(EVALUATION_SCHEMA.names) | {"params"}
+    allowed = set(S.EVALUATION_SCHEMA.names) | {"params"}
     out = []
     for i, row in enumerate(rows):
         unknown = sorted(set(row) - allowed)
@@ -123,7 +123,7 @@ def write_evaluation(run_dir: str | os.PathLike[str], rows: Iterable[Mapping[str
         rec["params_json"] = (json.dumps({k: V.plain(v) for k, v in params.items()}, sort_keys=True, default=str)
                               if params is not None else row.get("params_json"))
         out.append(rec)
-    return write_table_atomic(pa.Table.from_pylist(out, schema=EVALUATION_SCHEMA),
+    return write_table_atomic(pa.Table.from_pylist(out, schema=S.EVALUATION_SCHEMA),
                               Path(run_dir) / EVALUATION_FILE)
 
 
@@ -133,7 +133,8 @@ class ResultsWriter:
     Construct it once per search (also when resuming: existing rows are loaded and kept). Not
     process-safe: exactly one writer per run directory, in the driver. ``tensorboard=True`` also
     writes RUN_DIR/tensorboard/<trial_id>/ through :class:`TrialTensorBoard`. ``param_types``
-    pins parameter column types (otherwise taken from TrainConfig, then from the values).
+    gives parameter column types up front (else TrainConfig's field types, else the values'); a
+    column still widens if a value does not fit (int -> float -> string).
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, tensorboard: bool = False,
@@ -146,7 +147,7 @@ class ResultsWriter:
         self._metrics: dict[str, dict[int, dict[str, Any]]] = {}
         self._types: dict[str, pa.DataType | None] = {}
         self._hints = dict(V.config_param_types())
-        self._hints.update({k: arrow_type(t) for k, t in (param_types or {}).items()})
+        self._hints.update({k: S.arrow_type(t) for k, t in (param_types or {}).items()})
         self._tensorboard = tensorboard
         self._boards: dict[str, TrialTensorBoard] = {}
         for stale in self.run_dir.glob(".*.parquet.*.tmp"):  # left by a writer killed mid-write
@@ -157,30 +158,43 @@ class ResultsWriter:
     # --- Tune events --------------------------------------------------------------
 
     def on_report(self, trial_id: str, record: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
-        """One trainer record: a val record adds (or replaces, same iteration) a metrics row; a test record
-        fills the trial's test_* columns. The trial's row becomes status running."""
+        """One trainer record (kind val, test or diverged) of ``trial_id``, whose parameters are ``params``.
+
+        A val record adds a metrics row, or replaces the row of the same iteration (a resumed trial
+        re-reports from its checkpoint). A test record fills the trial's test_* columns and no metrics
+        row. A diverged record adds a row with its training loss but not its placeholder
+        val_accuracy, and marks the trial diverged; any other record marks it running.
+        """
         tid = str(trial_id)
-        kind = record.get("kind") or ("test" if record.get("test_accuracy") is not None
-                                      and record.get("val_accuracy") is None else "val")
+        kind = str(record.get("kind") or ("test" if record.get("test_accuracy") is not None
+                                          and record.get("val_accuracy") is None else "val"))
+        # Convert everything first: a bad value must raise before any state changes.
         iteration = V.to_int(record.get("iteration"), "iteration")
+        if kind != "test" and iteration is None:
+            raise ValueError(f"trial {tid}: a {kind!r} record needs 'iteration'")
+        values = {c: V.to_float(record.get(c), c) for c in (*S.METRIC_COLUMNS[2:], *_TEST_FIELDS, "peak_memory_mb")}
         with self._lock:
             trial = self._trial(tid)
             if kind == "test":
-                for key in _TEST_FIELDS:
-                    trial[key] = V.to_float(record.get(key), key)
+                trial.update({key: values[key] for key in _TEST_FIELDS})
             else:
-                if iteration is None:
-                    raise ValueError(f"trial {tid}: a {kind!r} record needs 'iteration'")
-                row = {c: V.to_float(record.get(c), c) for c in METRIC_COLUMNS[2:]}
+                row = {c: values[c] for c in S.METRIC_COLUMNS[2:]}
+                if kind == "diverged":
+                    row.update(val_loss=None, val_accuracy=None, val_ci95=None)
                 self._metrics.setdefault(tid, {})[iteration] = {"trial_id": tid, "iteration": iteration, **row}
                 self._refresh_val(tid)
-            if iteration is not None:
-                trial["iterations"] = iteration
-            for key, col in (("elapsed_s", "wall_seconds"), ("sec_per_iter", "sec_per_iter"),
-                             ("peak_memory_mb", "peak_memory_mb")):
+            for key, col in (("iteration", "iterations"), ("elapsed_s", "wall_seconds"),
+                             ("sec_per_iter", "sec_per_iter"), ("peak_memory_mb", "peak_memory_mb")):
+                value = iteration if key == "iteration" else values[key]
+                if value is not None:
+                    trial[col] = value
+            for key in ("device", "node"):  # the trainer's test record / the trial actor may say
                 if record.get(key) is not None:
-                    trial[col] = V.to_float(record.get(key), key)
-            trial["status"], trial["error"] = "running", None
+                    trial[key] = str(record[key])
+            if kind == "diverged":
+                trial["status"], trial["error"] = "diverged", f"non-finite training loss at iteration {iteration}"
+            else:
+                trial["status"], trial["error"] = "running", None
             self._set_params(tid, params)
             self._write_metrics()
             self._write_trials()
@@ -190,12 +204,17 @@ class ResultsWriter:
     def on_trial_end(self, trial_id: str, status: str, error: str | None = None, device: str | None = None,
                      node: str | None = None, params: Mapping[str, Any] | None = None) -> None:
         """The trial stopped with ``status`` (one of STATUSES); ``params`` gives a row to a trial that
-        never reported (e.g. one that failed at start)."""
+        never reported (e.g. one that failed at start). A trial whose last record was kind diverged
+        stays diverged when reported completed: to Tune it simply returned."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
         tid = str(trial_id)
         with self._lock:
             trial = self._trial(tid)
+            if status == "completed" and trial["status"] == "diverged":
+                status = "diverged"
+            if error is None and status in ("diverged", "error"):
+                error = trial["error"]  # keep what the diverged record said
             trial["status"] = status
             trial["error"] = None if error is None else str(error)
             if device is not None:
@@ -218,7 +237,7 @@ class ResultsWriter:
                 board.suspend()
             self._boards.clear()
 
-    def __enter__(self) -> ResultsWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -228,7 +247,7 @@ class ResultsWriter:
 
     def _trial(self, tid: str) -> dict[str, Any]:
         if tid not in self._trials:
-            self._trials[tid] = {c: None for c in TRIAL_CORE_COLUMNS} | {"trial_id": tid, "status": "running"}
+            self._trials[tid] = {c: None for c in S.TRIAL_CORE_COLUMNS} | {"trial_id": tid, "status": "running"}
             self._params[tid] = {}
         return self._trials[tid]
 
@@ -270,20 +289,20 @@ class ResultsWriter:
     def _load(self) -> None:
         if (self.run_dir / TRIALS_FILE).exists():
             table = read_trials(self.run_dir)
-            for name, type_ in param_types_of(table.schema).items():
-                column = table.column(param_column(name))
+            for name, type_ in S.param_types_of(table.schema).items():
+                column = table.column(S.param_column(name))
                 # An all-null column says nothing about its type: let later values decide.
                 self._types[name] = type_ if column.null_count < len(column) else self._hints.get(name)
             for row in table.to_pylist():
                 tid = str(row["trial_id"])
                 trial = self._trial(tid)
-                trial.update({c: row.get(c) for c in TRIAL_CORE_COLUMNS if c in row})
-                self._params[tid] = {k[len(PARAM_PREFIX):]: v for k, v in row.items() if k.startswith(PARAM_PREFIX)}
+                trial.update({c: row.get(c) for c in S.TRIAL_CORE_COLUMNS if c in row})
+                self._params[tid] = {k[len(S.PARAM_PREFIX):]: v for k, v in row.items() if k.startswith(S.PARAM_PREFIX)}
         if (self.run_dir / METRICS_FILE).exists():
             for row in read_metrics(self.run_dir).to_pylist():
                 tid = str(row["trial_id"])
                 self._trial(tid)
-                full = {c: row.get(c) for c in METRIC_COLUMNS}
+                full = {c: row.get(c) for c in S.METRIC_COLUMNS}
                 self._metrics.setdefault(tid, {})[int(row["iteration"])] = full
 
     def _write_trials(self) -> None:
@@ -293,11 +312,11 @@ class ResultsWriter:
             row = dict(trial)
             params = self._params.get(tid, {})
             for name, type_ in types.items():
-                row[param_column(name)] = V.cast_param(params.get(name), type_)
+                row[S.param_column(name)] = V.cast_param(params.get(name), type_)
             rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=trials_schema(types))
+        table = pa.Table.from_pylist(rows, schema=S.trials_schema(types))
         write_table_atomic(table, self.run_dir / TRIALS_FILE)
 
     def _write_metrics(self) -> None:
         rows = [row for tid in self._trials for _, row in sorted(self._metrics.get(tid, {}).items())]
-        write_table_atomic(pa.Table.from_pylist(rows, schema=METRICS_SCHEMA), self.run_dir / METRICS_FILE)
+        write_table_atomic(pa.Table.from_pylist(rows, schema=S.METRICS_SCHEMA), self.run_dir / METRICS_FILE)

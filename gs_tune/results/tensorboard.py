@@ -15,13 +15,17 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 # record key -> scalar tag; the prefix before "/" is the dashboard group.
 SCALAR_TAGS: dict[str, str] = {
@@ -115,15 +119,22 @@ class TrialTensorBoard:
         self._closed = False
 
     def log(self, record: Mapping[str, Any]) -> None:
-        """Scalars of one trainer record at step = its ``iteration``; None values are skipped."""
+        """Scalars of one trainer record at step = its ``iteration``; None values are skipped.
+
+        A test record repeats the last validation values and a diverged record carries a placeholder
+        val_accuracy; only the test and perf scalars of the one and the train scalars of the other
+        are logged, so val/* holds measured validations only.
+        """
+        kind = record.get("kind", "val")
         step = record.get("iteration")
         self._step = int(step) if step is not None else self._step
         for key, tag in SCALAR_TAGS.items():
             value = record.get(key)
-            if value is not None:
-                self._writer.add_scalar(tag, float(value), self._step)
+            if value is None or (kind in ("test", "diverged") and tag.startswith("val/")):
+                continue
+            self._writer.add_scalar(tag, float(value), self._step)
         val = record.get("val_accuracy")
-        if val is not None:
+        if val is not None and kind not in ("test", "diverged"):
             self._final_val = float(val)
             if math.isfinite(val) and (self._best_val is None or val > self._best_val):
                 self._best_val = float(val)
@@ -135,7 +146,8 @@ class TrialTensorBoard:
         (else those seen by :meth:`log` are used) and ``status`` (a trial status, default completed)."""
         if self._closed:
             return
-        final = dict(final or {})
+        # Also accept the metric tags themselves as keys ("hparams/best_val_accuracy").
+        final = {str(k).removeprefix(METRIC_TAG_PREFIX): v for k, v in (final or {}).items()}
         seen = {"best_val_accuracy": self._best_val, "final_val_accuracy": self._final_val,
                 "test_accuracy": self._test}
         for name in HPARAM_METRICS:
@@ -154,7 +166,7 @@ class TrialTensorBoard:
             self._writer.close()
             self._closed = True
 
-    def __enter__(self) -> TrialTensorBoard:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

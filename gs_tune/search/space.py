@@ -35,14 +35,15 @@ YAML format (every key but ``search`` is optional)::
         # ASHA's max_t is the fixed `iterations`; ASHA needs a single objective and fixed iterations.
     resources: {cpus_per_trial: 1, gpus_per_trial: auto}
         # auto = 1 GPU per trial when the cluster has GPUs else 0; fractions (0.25) are allowed.
-    smoke: {iterations: 30, val_every: 10, val_tasks: 10, test_tasks: 20}   # (the default)
+    smoke: {iterations: 30, val_every: 10, val_tasks: 10, test_tasks: 20}   # the default (minus searched)
         # TrainConfig overrides applied by --smoke (fields that are not searched); ASHA's grace
         # period shrinks with iterations.
-    storage: null              # Optuna storage URL (sqlite:///… or postgresql://…); null = RUN_DIR/study.db
+    storage: null              # Optuna storage URL: sqlite:///… or postgresql://…; null = RUN_DIR/study.db
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import re
@@ -214,7 +215,8 @@ def load_space(name_or_path: str) -> SearchSpace:
         stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
         path = SPACES_DIR / f"{stem}.yaml"
     if not path.is_file():
-        raise SpaceError("space", f"no such file {name_or_path!r}; shipped spaces: {', '.join(shipped_spaces())}")
+        shipped = ", ".join(shipped_spaces())
+        raise SpaceError("space", f"no such file {name_or_path!r}; shipped spaces: {shipped}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except OSError as exc:
@@ -245,33 +247,27 @@ def parse_space(data: Mapping[str, Any], name: str) -> SearchSpace:
             raise SpaceError(str(key), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
     space_name = data.get("name") or name
     if not isinstance(space_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", space_name):
-        raise SpaceError("name", f"must be letters, digits, _ - . (it names run directories), got {space_name!r}")
+        raise SpaceError("name", f"must be letters, digits, _ - . (it names run dirs), got {space_name!r}")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SpaceError("description", f"must be text, got {type(description).__name__}")
-    fixed = _fixed(data.get("fixed"))
+    fixed = _overrides(data.get("fixed"), "fixed", {}, set())
     params = _params(data.get("search"), fixed)
     objectives = _objectives(data.get("objective"))
     sampler, seed, options = _sampler(data.get("sampler"), len(objectives) > 1)
     cpus, gpus = _resources(data.get("resources"))
+    searched = {p.name for p in params}
+    default_smoke = {k: v for k, v in DEFAULT_SMOKE.items() if k not in searched}
+    smoke = _overrides(data.get("smoke", default_smoke), "smoke", fixed, searched)
     return SearchSpace(
         name=space_name, description=description, fixed=fixed, params=params, objectives=objectives,
         sampler=sampler, sampler_seed=seed, sampler_options=options,
         num_samples=_count(data.get("num_samples", 10), "num_samples"),
         max_concurrent=_count(data.get("max_concurrent", 1), "max_concurrent"),
         scheduler=_scheduler(data.get("scheduler"), fixed, params, len(objectives) > 1),
-        cpus_per_trial=cpus, gpus_per_trial=gpus, smoke=_smoke(data.get("smoke"), fixed, params),
-        storage=_storage(data.get("storage")), source=_plain(data),
+        cpus_per_trial=cpus, gpus_per_trial=gpus, smoke=smoke,
+        storage=_storage(data.get("storage")), source=copy.deepcopy(dict(data)),
     )
-
-
-def _plain(value: Any) -> Any:
-    """A deep copy made of dicts and lists, so the source cannot change under the space."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _mapping(value: Any, path: str, example: str) -> Mapping[str, Any]:
@@ -313,13 +309,16 @@ def _validated(values: Mapping[str, Any], path: str, label: str | None = None) -
         raise SpaceError(path, f"{label}{exc.message}") from None
 
 
-def _fixed(value: Any) -> dict[str, Any]:
-    fixed = _mapping(value, "fixed", "{ways: 5}")
-    for key in fixed:
+def _overrides(value: Any, path: str, base: dict[str, Any], searched: set[str]) -> dict[str, Any]:
+    """A mapping of TrainConfig fields (fixed:, smoke:), validated on top of ``base``, coerced."""
+    values = _mapping(value, path, "{ways: 5}")
+    for key in values:
         if key not in _FIELD_TYPES:
-            raise SpaceError(f"fixed.{key}", f"unknown parameter; allowed: {_FIELDS}")
-    cfg = _validated(fixed, "fixed")
-    return {key: getattr(cfg, key) for key in fixed}  # coerced: "0.4" → 0.4
+            raise SpaceError(f"{path}.{key}", f"unknown parameter; allowed: {_FIELDS}")
+        if key in searched:
+            raise SpaceError(f"{path}.{key}", "is searched; smoke may only override fields that are not")
+    cfg = _validated({**base, **values}, path)
+    return {key: getattr(cfg, key) for key in values}  # coerced: "0.4" → 0.4
 
 
 def _params(value: Any, fixed: dict[str, Any]) -> tuple[Param, ...]:
@@ -343,7 +342,8 @@ def _param(name: str, spec: Any, path: str, fixed: dict[str, Any], earlier: list
         raise SpaceError(path, f"must be a mapping like {{uniform: [low, high]}}, got {spec!r}")
     kinds = [k for k in spec if k in DISTRIBUTIONS]
     if len(kinds) != 1:
-        raise SpaceError(path, f"needs exactly one of {', '.join(DISTRIBUTIONS)}, got {len(kinds)}")
+        got = ", ".join(map(str, spec)) or "none"
+        raise SpaceError(path, f"needs exactly one of {', '.join(DISTRIBUTIONS)}; got keys: {got}")
     kind = kinds[0]
     _check_keys(spec, path, {kind, "when", "step", "log"} if kind == "int" else {kind, "when"})
     base, dpath = _FIELD_TYPES[name], f"{path}.{kind}"
@@ -392,7 +392,7 @@ def _choices(value: Any, path: str, name: str, fixed: dict[str, Any]) -> tuple[A
     out: list[Any] = []
     for i, choice in enumerate(value):
         if not (choice is None or isinstance(choice, (str, bool)) or _is_number(choice)):
-            raise SpaceError(f"{path}[{i}]", f"must be a scalar (text, number, true/false, null), got {choice!r}")
+            raise SpaceError(f"{path}[{i}]", f"must be text, a number, true/false or null, got {choice!r}")
         coerced = getattr(_validated({**fixed, name: choice}, f"{path}[{i}]", ""), name)
         if coerced in out:
             raise SpaceError(f"{path}[{i}]", f"duplicate choice {choice!r}")
@@ -419,7 +419,8 @@ def _when(value: Any, path: str, name: str, earlier: list[Param],
         for v in allowed if isinstance(allowed, list) else [allowed]:
             coerced = getattr(_validated({ref: v}, rpath, ""), ref)
             if ref in before and before[ref].kind == "choice" and coerced not in before[ref].choices:
-                raise SpaceError(rpath, f"{v!r} is not one of the choices of {ref}: {list(before[ref].choices)}")
+                choices = list(before[ref].choices or ())
+                raise SpaceError(rpath, f"{v!r} is not one of the choices of {ref}: {choices}")
             values.append(coerced)
         out.append((ref, tuple(values)))
     return tuple(out)
@@ -441,7 +442,7 @@ def _objectives(value: Any) -> tuple[Objective, ...]:
             raise SpaceError(f"{path}.metric", f"got {metric!r}, allowed: {', '.join(METRICS)}")
         mode = item.get("mode", METRICS[metric])
         if mode != METRICS[metric]:
-            raise SpaceError(f"{path}.mode", f"{metric} is optimized with mode {METRICS[metric]}, got {mode!r}")
+            raise SpaceError(f"{path}.mode", f"{metric} takes mode {METRICS[metric]}, not {mode!r}")
         if metric in (o.metric for o in out):
             raise SpaceError(f"{path}.metric", f"{metric} is listed twice")
         out.append(Objective(metric, mode))
@@ -475,11 +476,13 @@ def _scheduler(value: Any, fixed: dict[str, Any], params: tuple[Param, ...], mul
     name = spec.get("name", "none")
     if name not in ("asha", "none"):
         raise SpaceError("scheduler.name", f"got {name!r}, allowed: asha, none")
-    _check_keys(spec, "scheduler", ("name", "grace_period", "reduction_factor") if name == "asha" else ("name",))
+    allowed = ("name", "grace_period", "reduction_factor") if name == "asha" else ("name",)
+    _check_keys(spec, "scheduler", allowed)
     if name == "none":
         return None
     if multi:
-        raise SpaceError("scheduler.name", "asha ranks trials by one metric, not several objectives; use none")
+        raise SpaceError("scheduler.name", "asha ranks trials by one metric, not by several objectives; "
+                         "use none")
     if any(p.name == "iterations" for p in params):
         raise SpaceError("scheduler.name", "asha needs iterations fixed (it is ASHA's max_t); use none")
     max_t = fixed.get("iterations", _DEFAULTS["iterations"])
@@ -512,23 +515,11 @@ def _resources(value: Any) -> tuple[float, str | float]:
     return cpus, gpus
 
 
-def _smoke(value: Any, fixed: dict[str, Any], params: tuple[Param, ...]) -> dict[str, Any]:
-    smoke = dict(DEFAULT_SMOKE) if value is None else _mapping(value, "smoke", "{iterations: 30}")
-    searched = {p.name for p in params}
-    for key in smoke:
-        if key not in _FIELD_TYPES:
-            raise SpaceError(f"smoke.{key}", f"unknown parameter; allowed: {_FIELDS}")
-        if key in searched:
-            raise SpaceError(f"smoke.{key}", "is searched; smoke may only override fields that are not")
-    cfg = _validated({**fixed, **smoke}, "smoke")
-    return {key: getattr(cfg, key) for key in smoke}
-
-
 def _storage(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not re.match(r"(sqlite|postgresql|mysql)(\+\w+)?://", value):
-        raise SpaceError("storage", f"must be an Optuna storage URL (sqlite:///… or postgresql://…), got {value!r}")
+        raise SpaceError("storage", f"must be a storage URL (sqlite:///… or postgresql://…), got {value!r}")
     return value
 
 

@@ -1,0 +1,1 @@
+"""Distributed search: every call into Ray lives in this package."""

@@ -1,0 +1,410 @@
+"""Search-space YAML → SearchSpace → Optuna / Ray Tune (gs_tune/search/space.py)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from gs_tune.config import TrainConfig
+from gs_tune.errors import ConfigError, SpaceError
+from gs_tune.search.space import (
+    SPACES_DIR,
+    Asha,
+    load_space,
+    make_sampler,
+    optuna_define_by_run,
+    parse_space,
+    sample_to_config,
+    shipped_spaces,
+    tune_param_space,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Every distribution kind once, with fixed values the searched ones must be merged with.
+ALL_KINDS: dict[str, Any] = {
+    "fixed": {"algorithm": "ahe", "iterations": 100, "val_every": 50},
+    "search": {
+        "inner_lr": {"uniform": [0.05, 0.8]},
+        "w_cos": {"loguniform": [1.0e-3, 1.0]},
+        "inner_steps": {"int": [1, 5]},
+        "filters": {"int": [16, 64], "step": 16},
+        "query": {"int": [2, 40], "log": True},
+        "ahe_schedule": {"choice": ["constant", "linear_warmup", "cosine"]},
+    },
+}
+# A conditional parameter on a searched one (the accuracy_vs_cost pattern).
+CONDITIONAL: dict[str, Any] = {
+    "search": {
+        "algorithm": {"choice": ["maml", "fomaml", "ahe"]},
+        "w_cos": {"loguniform": [1.0e-3, 1.0], "when": {"algorithm": "ahe"}},
+        "ahe_clip": {"uniform": [0.5, 4.0], "when": {"algorithm": ["ahe", "fomaml"]}},
+    },
+}
+
+
+def run_define_by_run(space, n_trials: int = 20) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
+    """(params, returned constants, distributions) of n trials of an in-memory study."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    define, out = optuna_define_by_run(space), []
+    for _ in range(n_trials):
+        trial = study.ask()
+        constants = define(trial)
+        out.append((dict(trial.params), constants, dict(trial.distributions)))
+        study.tell(trial, 0.0)
+    return out
+
+
+# --- shipped spaces -----------------------------------------------------------------------------
+
+def test_the_three_spaces_are_shipped():
+    assert {"cosine_l2", "baselines", "accuracy_vs_cost"} <= set(shipped_spaces())
+
+
+@pytest.mark.parametrize("name", shipped_spaces())
+def test_shipped_space_loads_and_gives_valid_trials(name):
+    space = load_space(name)
+    assert space.name == name
+    assert space.fixed["dataset"] == "digits" and space.fixed["ways"] == 5 and space.fixed["shots"] == 1
+    assert space.num_samples >= 1 and space.max_concurrent >= 1
+    for params, constants, _ in run_define_by_run(space, 5):
+        assert constants == space.fixed
+        assert isinstance(sample_to_config(space, {**constants, **params}), TrainConfig)
+    smoke = space.with_overrides(smoke=True)
+    assert smoke.fixed["iterations"] == 30 and smoke.fixed["test_tasks"] == 20
+
+
+def test_accuracy_vs_cost_is_multi_objective_without_asha():
+    space = load_space("accuracy_vs_cost")
+    assert space.is_multi_objective
+    assert space.metrics == ["val_accuracy", "sec_per_iter"] and space.modes == ["max", "min"]
+    assert space.sampler == "nsga2" and space.scheduler is None
+    assert isinstance(make_sampler(space), optuna.samplers.NSGAIISampler)
+
+
+def test_cosine_l2_uses_asha_bounded_by_iterations():
+    space = load_space("cosine_l2")
+    assert space.metrics == ["val_accuracy"] and space.modes == ["max"] and not space.is_multi_objective
+    assert space.scheduler == Asha(grace_period=100, reduction_factor=3, max_t=space.fixed["iterations"])
+
+
+@pytest.mark.parametrize("spelling", ["cosine_l2", "cosine_l2.yaml", str(SPACES_DIR / "cosine_l2.yaml")])
+def test_load_by_name_file_name_or_path(spelling):
+    assert load_space(spelling) == load_space("cosine_l2")
+
+
+def test_unknown_space_name_lists_the_shipped_ones():
+    with pytest.raises(SpaceError) as err:
+        load_space("no_such_space")
+    assert err.value.path == "space"
+    assert "no_such_space" in err.value.message
+    assert ", ".join(shipped_spaces()) in err.value.message
+
+
+def test_unparseable_yaml_is_one_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("search: {inner_lr: [1, 2\nfixed: x\n")
+    with pytest.raises(SpaceError) as err:
+        load_space(str(path))
+    assert str(err.value).startswith(f"space: cannot parse {path}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_file_name_is_the_default_name_and_1e_3_is_a_number(tmp_path):
+    path = tmp_path / "my_space.yml"
+    path.write_text("search:\n  w_cos: {loguniform: [1e-3, 1e+0]}\n")
+    space = load_space(str(path))
+    assert space.name == "my_space"
+    assert (space.params[0].low, space.params[0].high) == (0.001, 1.0)
+    path.write_text("name: renamed\nsearch:\n  w_cos: {loguniform: [1e-3, 1]}\n")
+    assert load_space(str(path)).name == "renamed"
+
+
+# --- Optuna -----------------------------------------------------------------------------------
+
+def test_optuna_distributions_ranges_and_log_flags():
+    space = parse_space(ALL_KINDS, "all")
+    expected = {
+        "inner_lr": FloatDistribution(0.05, 0.8, log=False),
+        "w_cos": FloatDistribution(1e-3, 1.0, log=True),
+        "inner_steps": IntDistribution(1, 5),
+        "filters": IntDistribution(16, 64, step=16),
+        "query": IntDistribution(2, 40, log=True),
+        "ahe_schedule": CategoricalDistribution(["constant", "linear_warmup", "cosine"]),
+    }
+    seen: dict[str, set] = {name: set() for name in expected}
+    for params, constants, distributions in run_define_by_run(space, 40):
+        assert distributions == expected
+        assert list(params) == list(expected)  # declaration order
+        assert constants == {"algorithm": "ahe", "iterations": 100, "val_every": 50}
+        for name, value in params.items():
+            seen[name].add(value)
+            assert expected[name]._contains(expected[name].to_internal_repr(value))
+    assert seen["filters"] <= {16, 32, 48, 64} and seen["inner_steps"] <= {1, 2, 3, 4, 5}
+    assert 5 in seen["inner_steps"]  # the upper end is reachable (inclusive)
+    assert all(isinstance(v, float) for v in seen["w_cos"]) and all(isinstance(v, int) for v in seen["query"])
+
+
+def test_optuna_conditional_parameter_only_for_its_condition():
+    space = parse_space(CONDITIONAL, "cond")
+    algorithms = set()
+    for params, _, _ in run_define_by_run(space, 40):
+        algorithms.add(params["algorithm"])
+        assert ("w_cos" in params) == (params["algorithm"] == "ahe")
+        assert ("ahe_clip" in params) == (params["algorithm"] in ("ahe", "fomaml"))
+    assert algorithms == {"maml", "fomaml", "ahe"}
+
+
+@pytest.mark.parametrize("algorithm, sampled", [("fomaml", False), ("ahe", True)])
+def test_condition_on_a_fixed_value_is_decided_once(algorithm, sampled):
+    data = {"fixed": {"algorithm": algorithm},
+            "search": {"inner_lr": {"uniform": [0.1, 0.5]},
+                       "w_cos": {"loguniform": [1e-3, 1.0], "when": {"algorithm": "ahe"}}}}
+    space = parse_space(data, "fixed_cond")
+    assert all(("w_cos" in params) == sampled for params, _, _ in run_define_by_run(space, 10))
+    assert ("w_cos" in tune_param_space(space)) == sampled
+
+
+def test_condition_on_an_unset_field_uses_the_trainconfig_default():
+    data = {"search": {"w_cos": {"loguniform": [1e-3, 1.0], "when": {"algorithm": "ahe"}}}}
+    assert TrainConfig().algorithm == "ahe"
+    assert all("w_cos" in params for params, _, _ in run_define_by_run(parse_space(data, "d"), 3))
+
+
+def test_ray_optuna_search_merges_the_fixed_constants():
+    from ray.tune.search.optuna import OptunaSearch
+
+    for name in shipped_spaces():
+        space = load_space(name)
+        multi = space.is_multi_objective
+        searcher = OptunaSearch(space=optuna_define_by_run(space), sampler=make_sampler(space),
+                                metric=space.metrics if multi else space.metrics[0],
+                                mode=space.modes if multi else space.modes[0])
+        for i in range(3):
+            config = searcher.suggest(f"trial_{i}")
+            assert {k: config[k] for k in space.fixed} == space.fixed
+            assert isinstance(sample_to_config(space, config), TrainConfig)
+
+
+def test_a_choice_may_include_null():
+    space = parse_space({"search": {"ahe_clip": {"choice": [None, 1.0, 2.0]}}}, "clip")
+    seen = {params["ahe_clip"] for params, _, _ in run_define_by_run(space, 30)}
+    assert seen == {None, 1.0, 2.0}
+    assert sample_to_config(space, {"ahe_clip": None}).ahe_clip is None
+
+
+# --- Ray Tune -----------------------------------------------------------------------------------
+
+def test_tune_domains_and_inclusive_integer_bounds():
+    from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized, Uniform
+
+    out = tune_param_space(parse_space(ALL_KINDS, "all"))
+    assert {k: out[k] for k in ("algorithm", "iterations", "val_every")} == ALL_KINDS["fixed"]
+    assert isinstance(out["inner_lr"], Float) and isinstance(out["inner_lr"].get_sampler(), Uniform)
+    assert (out["inner_lr"].lower, out["inner_lr"].upper) == (0.05, 0.8)
+    assert isinstance(out["w_cos"], Float) and isinstance(out["w_cos"].get_sampler(), LogUniform)
+    assert (out["w_cos"].lower, out["w_cos"].upper) == (1e-3, 1.0)
+    assert isinstance(out["inner_steps"], Integer) and out["inner_steps"].upper == 6  # randint: exclusive
+    assert isinstance(out["filters"].get_sampler(), Quantized) and out["filters"].get_sampler().q == 16
+    assert isinstance(out["query"].get_sampler(), LogUniform) and out["query"].upper == 41
+    assert isinstance(out["ahe_schedule"], Categorical)
+    assert out["ahe_schedule"].categories == ["constant", "linear_warmup", "cosine"]
+    draws = {name: set(out[name].sample(size=400, random_state=0)) for name in ("inner_steps", "filters")}
+    assert draws == {"inner_steps": {1, 2, 3, 4, 5}, "filters": {16, 32, 48, 64}}
+    assert {int(v) for v in out["query"].sample(size=400, random_state=0)} <= set(range(2, 41))
+
+
+def test_tune_refuses_a_condition_on_a_searched_parameter():
+    with pytest.raises(SpaceError) as err:
+        tune_param_space(parse_space(CONDITIONAL, "cond"))
+    assert err.value.path == "search.w_cos.when"
+
+
+def test_tune_refuses_a_step_grid_that_is_not_multiples_of_step():
+    space = parse_space({"search": {"inner_steps": {"int": [1, 9], "step": 2}}}, "odd")
+    assert {p["inner_steps"] for p, _, _ in run_define_by_run(space, 30)} <= {1, 3, 5, 7, 9}
+    with pytest.raises(SpaceError) as err:
+        tune_param_space(space)
+    assert err.value.path == "search.inner_steps.int"
+
+
+# --- configs and samplers -------------------------------------------------------------------------
+
+def test_sample_to_config_merges_and_drops_inactive_conditionals():
+    space = parse_space(CONDITIONAL, "cond")
+    cfg = sample_to_config(space, {"algorithm": "ahe", "w_cos": 0.1, "ahe_clip": 2.0})
+    assert (cfg.algorithm, cfg.w_cos, cfg.ahe_clip) == ("ahe", 0.1, 2.0)
+    cfg = sample_to_config(space, {"algorithm": "maml", "w_cos": 0.1, "ahe_clip": None})
+    assert (cfg.algorithm, cfg.w_cos, cfg.ahe_clip) == ("maml", 0.0, None)
+    with pytest.raises(ConfigError):
+        sample_to_config(space, {"algorithm": "ahe", "w_cos": -1.0})
+
+
+@pytest.mark.parametrize("name, cls", [("tpe", optuna.samplers.TPESampler),
+                                       ("random", optuna.samplers.RandomSampler)])
+def test_make_sampler_is_seeded(name, cls):
+    space = parse_space({**ALL_KINDS, "sampler": {"name": name, "seed": 3}}, "s")
+    assert isinstance(make_sampler(space), cls)
+    firsts = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=make_sampler(space))
+        trial = study.ask()
+        optuna_define_by_run(space)(trial)
+        firsts.append(trial.params)
+    assert firsts[0] == firsts[1]
+
+
+def test_make_sampler_cmaes_needs_its_package():
+    space = parse_space({**ALL_KINDS, "sampler": {"name": "cmaes"}}, "s")
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        with pytest.raises(SpaceError, match="pip install cmaes"):
+            make_sampler(space)
+    else:
+        assert isinstance(make_sampler(space), optuna.samplers.CmaEsSampler)
+
+
+# --- overrides and YAML round trip ----------------------------------------------------------------
+
+def test_with_overrides_applies_smoke_and_cli_values():
+    space = load_space("cosine_l2")
+    smoke = space.with_overrides(num_samples=3, max_concurrent=1, smoke=True, cpus_per_trial=2,
+                                 gpus_per_trial=0.25)
+    assert {k: smoke.fixed[k] for k in space.smoke} == space.smoke
+    assert (smoke.num_samples, smoke.max_concurrent, smoke.cpus_per_trial, smoke.gpus_per_trial) == (
+        3, 1, 2, 0.25)
+    # ASHA's grace period shrinks with iterations (100/600 of 30, rounded up to a validation)
+    assert smoke.scheduler == Asha(grace_period=10, reduction_factor=3, max_t=30)
+    assert smoke.params == space.params and smoke.source == space.source
+    assert space.fixed["iterations"] == 600  # the original is untouched
+    with pytest.raises(SpaceError) as err:
+        space.with_overrides(num_samples=0)
+    assert err.value.path == "num_samples"
+
+
+@pytest.mark.parametrize("space", [*shipped_spaces(), "all", "cond"])
+def test_to_yaml_round_trips(space):
+    if space == "all":
+        loaded = parse_space(ALL_KINDS, space)
+    elif space == "cond":
+        loaded = parse_space(CONDITIONAL, space)
+    else:
+        loaded = load_space(space)
+    assert parse_space(yaml.safe_load(loaded.to_yaml()), "other") == loaded
+    smoke = loaded.with_overrides(smoke=True)
+    assert parse_space(yaml.safe_load(smoke.to_yaml()), "other") == smoke
+
+
+def test_default_smoke_leaves_searched_fields_alone():
+    space = parse_space({"search": {"iterations": {"int": [50, 100]}}}, "iters")
+    assert space.smoke == {"val_every": 10, "val_tasks": 10, "test_tasks": 20}
+    assert parse_space({"search": {"w_cos": {"uniform": [0.0, 1.0]}}}, "w").smoke["iterations"] == 30
+
+
+# --- invalid spaces -----------------------------------------------------------------------------
+
+BASE: dict[str, Any] = {"fixed": {"dataset": "digits", "iterations": 100},
+                        "search": {"w_cos": {"loguniform": [1e-3, 1.0]}}}
+MULTI = [{"metric": "val_accuracy"}, {"metric": "sec_per_iter"}]
+
+
+def searching(**params: Any) -> dict[str, Any]:
+    return {"search": params}
+
+
+INVALID = [
+    # (what is replaced at the top level of BASE, exact key path, part of the message)
+    (searching(w_cos={"loguniform": [0, 1]}), "search.w_cos.loguniform", "low must be > 0"),
+    (searching(foo={"uniform": [0, 1]}), "search.foo", "unknown parameter; allowed: ahe_at, ahe_clip"),
+    ({"fixed": {"ways": -1}}, "fixed.ways", "must be > 0, got -1"),
+    ({"fixed": {"ahe_warmup": 2}}, "fixed.ahe_warmup", "fraction"),
+    ({"fixed": {"nope": 1}}, "fixed.nope", "unknown parameter"),
+    ({"sampler": {"name": "x"}}, "sampler.name", "got 'x', allowed: tpe, random, cmaes, nsga2"),
+    ({"sampler": {"seed": -1}}, "sampler.seed", "integer >= 0"),
+    ({"sampler": {"name": "random", "n_startup_trials": 3}}, "sampler.n_startup_trials", "unknown key"),
+    ({"sampler": {"name": "nsga2"}}, "sampler.name", "nsga2 needs several objectives"),
+    ({"objective": MULTI, "sampler": {"name": "tpe"}}, "sampler.name", "use nsga2"),
+    ({"objective": MULTI, "sampler": {"population_size": 1}}, "sampler.population_size", ">= 2"),
+    (searching(inner_lr={"uniform": [0.5, 0.1]}), "search.inner_lr.uniform", "low must be < high"),
+    (searching(inner_lr={"uniform": [-1, 1]}), "search.inner_lr.uniform", "low must be > 0, got -1.0"),
+    (searching(ahe_warmup={"uniform": [0.1, 2]}), "search.ahe_warmup.uniform", "high is a fraction"),
+    (searching(inner_lr={"uniform": ["a", 1]}), "search.inner_lr.uniform", "low must be a finite number"),
+    (searching(inner_lr={"uniform": [True, 1]}), "search.inner_lr.uniform", "low must be a finite number"),
+    (searching(inner_lr={"uniform": [0.1]}), "search.inner_lr.uniform", "must be [low, high]"),
+    (searching(inner_lr=0.4), "search.inner_lr", "must be a mapping"),
+    (searching(inner_lr={"uniform": [0.1, 1], "choice": [1]}), "search.inner_lr", "exactly one of"),
+    (searching(inner_lr={"normal": [0, 1]}), "search.inner_lr", "exactly one of"),
+    (searching(inner_lr={"uniform": [0.1, 1], "step": 2}), "search.inner_lr.step", "unknown key"),
+    (searching(inner_steps={"uniform": [1, 5]}), "search.inner_steps.uniform", "use int"),
+    (searching(algorithm={"uniform": [1, 5]}), "search.algorithm.uniform", "use choice"),
+    (searching(inner_steps={"int": [1.5, 3]}), "search.inner_steps.int", "low must be an integer"),
+    (searching(inner_steps={"int": [0, 3]}), "search.inner_steps.int", "low must be > 0"),
+    (searching(inner_steps={"int": [1, 8], "step": 2}), "search.inner_steps.step", "not a multiple"),
+    (searching(inner_steps={"int": [1, 9], "step": 0}), "search.inner_steps.step", "integer >= 1"),
+    (searching(inner_steps={"int": [1, 9], "step": 2, "log": True}), "search.inner_steps.log", "step"),
+    (searching(inner_steps={"int": [1, 9], "log": "yes"}), "search.inner_steps.log", "true or false"),
+    (searching(algorithm={"choice": ["maml", "sgd"]}), "search.algorithm.choice[1]", "got 'sgd', allowed"),
+    (searching(algorithm={"choice": []}), "search.algorithm.choice", "non-empty list"),
+    (searching(algorithm={"choice": ["maml", "maml"]}), "search.algorithm.choice[1]", "duplicate"),
+    (searching(algorithm={"choice": [["maml"]]}), "search.algorithm.choice[0]", "must be text, a number"),
+    ({"search": {}}, "search", "at least one parameter"),
+    ({"search": ["w_cos"]}, "search", "must be a mapping"),
+    ({"fixed": {"w_cos": 0.1}}, "search.w_cos", "is also in fixed"),
+    (searching(w_cos={"uniform": [0.1, 1], "when": {"nope": 1}}), "search.w_cos.when.nope",
+     "unknown parameter"),
+    (searching(w_cos={"uniform": [0.1, 1], "when": {"algorithm": "sgd"}}), "search.w_cos.when.algorithm",
+     "got 'sgd'"),
+    (searching(w_cos={"uniform": [0.1, 1], "when": "ahe"}), "search.w_cos.when", "must be a mapping"),
+    (searching(w_cos={"uniform": [0.1, 1], "when": {"algorithm": "ahe"}},
+               algorithm={"choice": ["maml", "ahe"]}), "search.w_cos.when.algorithm", "list it before"),
+    (searching(algorithm={"choice": ["maml", "ahe"]},
+               w_cos={"uniform": [0.1, 1], "when": {"algorithm": "fomaml"}}),
+     "search.w_cos.when.algorithm", "not one of the choices"),
+    ({"bogus": 1}, "bogus", "unknown key; allowed: name, description"),
+    ({"name": "has space"}, "name", "letters, digits"),
+    ({"description": 3}, "description", "must be text"),
+    ({"objective": {"metric": "accuracy"}}, "objective.metric", "allowed: val_accuracy, val_loss"),
+    ({"objective": {"metric": "val_accuracy", "mode": "min"}}, "objective.mode", "takes mode max"),
+    ({"objective": [{"metric": "val_loss"}, {"metric": "val_loss"}]}, "objective[1].metric", "twice"),
+    ({"objective": []}, "objective", "non-empty list"),
+    ({"objective": {"metric": "val_loss", "goal": "min"}}, "objective.goal", "unknown key"),
+    ({"num_samples": 0}, "num_samples", "integer >= 1"),
+    ({"num_samples": "many"}, "num_samples", "integer >= 1"),
+    ({"max_concurrent": 1.5}, "max_concurrent", "integer >= 1"),
+    ({"scheduler": {"name": "hyperband"}}, "scheduler.name", "allowed: asha, none"),
+    ({"scheduler": {"name": "asha", "grace_period": 500}}, "scheduler.grace_period", "<= iterations (100)"),
+    ({"scheduler": {"name": "asha", "reduction_factor": 1}}, "scheduler.reduction_factor", "> 1"),
+    ({"scheduler": {"name": "asha", "max_t": 10}}, "scheduler.max_t", "unknown key"),
+    ({"scheduler": {"name": "none", "grace_period": 10}}, "scheduler.grace_period", "unknown key"),
+    ({"scheduler": {"name": "asha"}, "objective": MULTI}, "scheduler.name", "several objectives"),
+    ({"scheduler": {"name": "asha"}, "fixed": {}, "search": {"iterations": {"int": [50, 100]}}},
+     "scheduler.name", "iterations fixed"),
+    ({"resources": {"cpus_per_trial": 0}}, "resources.cpus_per_trial", "> 0"),
+    ({"resources": {"gpus_per_trial": "all"}}, "resources.gpus_per_trial", "auto or a number"),
+    ({"resources": {"gpu": 1}}, "resources.gpu", "unknown key"),
+    ({"smoke": {"w_cos": 0.1}}, "smoke.w_cos", "is searched"),
+    ({"smoke": {"iters": 3}}, "smoke.iters", "unknown parameter"),
+    ({"smoke": {"iterations": 0}}, "smoke.iterations", "must be > 0"),
+    ({"storage": "study.db"}, "storage", "storage URL"),
+]
+
+
+@pytest.mark.parametrize("change, path, message", INVALID, ids=[f"{c[1]}-{i}" for i, c in enumerate(INVALID)])
+def test_invalid_space_names_the_key(change, path, message):
+    data = {**copy.deepcopy(BASE), **copy.deepcopy(change)}
+    with pytest.raises(SpaceError) as err:
+        parse_space(data, "bad")
+    assert err.value.path == path, str(err.value)
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in err.value.message, str(err.value)
+
+
+def test_valid_storage_urls():
+    for url in ("sqlite:///runs/x/study.db", "postgresql://user@host/db", "postgresql+psycopg2://h/db"):
+        assert parse_space({**BASE, "storage": url}, "s").storage == url
