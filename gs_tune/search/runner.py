@@ -118,11 +118,12 @@ def _build_tuner(space: SearchSpace, run_dir: Path, meta: dict[str, Any], has_gp
     gpus = space.gpus_per_trial
     gpus = (1.0 if has_gpus else 0.0) if gpus == "auto" else float(gpus)
     trainable = tune.with_resources(run_trial, {"cpu": space.cpus_per_trial, "gpu": gpus})
+    print(f"gs-tune: {space.num_samples} trials, {space.max_concurrent} at once, "
+          f"{space.cpus_per_trial:g} CPU + {gpus:g} GPU each", flush=True)
     callback = ResultsCallback(str(run_dir))
     run_config = tune.RunConfig(
         name=meta["experiment"], storage_path=meta["ray_storage"], callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=2),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1,
     )
     experiment_path = f"{meta['ray_storage'].rstrip('/')}/{meta['experiment']}"
@@ -151,8 +152,14 @@ def _build_tuner(space: SearchSpace, run_dir: Path, meta: dict[str, Any], has_gp
     tune_config = tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent),
         scheduler=scheduler, num_samples=space.num_samples, reuse_actors=True,
+        trial_dirname_creator=_trial_dirname,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _trial_dirname(trial) -> str:
+    # Ray's default name strings every parameter together and runs past path limits
+    return trial.trial_id
 
 
 def _summarise(space: SearchSpace, run_dir: Path, meta: dict[str, Any], results) -> bool:

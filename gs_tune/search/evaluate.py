@@ -1,0 +1,223 @@
+"""`gs-tune evaluate`: retrain the best configuration of a search, its untuned defaults and the
+baselines from fresh seeds, in parallel on Ray, and score each on the test split.
+
+Protocol, i.e. what the printed numbers mean:
+
+* The best trial is the finished (completed or early_stopped) trial with the highest
+  best_val_accuracy, also for multi-objective spaces: the comparison here is in accuracy.
+* Retraining meta-trains on the **train split only**: the trainer has no train+val mode, and the
+  val split already did its job by selecting the configuration during the search. Here its records
+  are ignored (nothing is selected or stopped on them), so the test numbers carry no selection bias.
+* Seeds are EVAL_SEED_BASE, EVAL_SEED_BASE + 1, … (skipping the search's own seeds), so no
+  initialisation, task stream or test task set of the search is reused. Methods share seeds, so
+  every method is scored on the same test tasks for a given seed (a paired comparison).
+* Per method: the mean over seeds of test_accuracy, ± 1.96·sd/√n with sd the standard deviation
+  of the n per-seed accuracies (it holds training noise and, as each seed draws its own test tasks,
+  task sampling noise too). With one seed: that run's 95% CI over its test tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+import yaml
+
+from gs_tune.config import ALGORITHMS, TrainConfig, train_config
+from gs_tune.errors import ConfigError, RunDirError
+from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
+from gs_tune.search.space import SearchSpace, parse_space
+
+# The "untuned defaults" of an algorithm, where TrainConfig's defaults would not be that algorithm:
+# TrainConfig's w_cos = w_l2 = 0 makes ahe exactly fomaml, so "ahe without tuning" gets a small
+# cosine weight and an L2 weight about inner_lr / 40. Any other field keeps TrainConfig's default.
+UNTUNED_DEFAULTS: dict[str, dict[str, Any]] = {"ahe": {"w_cos": 0.1, "w_l2": 0.01}}
+EVAL_SEED_BASE = 1000
+SMOKE_TASKS, SMOKE_SEEDS = 20, 2  # --smoke caps: enough to exercise every step, not to compare
+FINISHED = ("completed", "early_stopped")
+# Set by this module for every run, whatever the trial recorded.
+RUNTIME_KEYS = ("device", "progress", "out", "tensorboard", "seed", "test_tasks")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str  # "ahe (tuned)", "ahe (default)", "fomaml", ...
+    source: str  # config_source column: tuned, default, baselines-run
+    values: dict[str, Any]  # TrainConfig fields before the per-run overrides
+
+
+def _load_run(run_dir: Path) -> tuple[SearchSpace, list[dict[str, Any]]]:
+    """The run's space and its finished trials that have a validation accuracy."""
+    path = run_dir / "space.yaml"
+    if not path.is_file():
+        raise RunDirError(f"run_dir: {run_dir} has no space.yaml; pass a directory made by `gs-tune launch`")
+    space = parse_space(yaml.safe_load(path.read_text()), run_dir.name)
+    rows = [r for r in read_trials(run_dir).to_pylist() if r["status"] in FINISHED
+            and isinstance(r.get("best_val_accuracy"), float) and math.isfinite(r["best_val_accuracy"])]
+    return space, rows
+
+
+def _trial_values(space: SearchSpace, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Fixed values of the space plus the trial's param_ columns (null = not sampled = default)."""
+    params = {k[len("param_"):]: v for k, v in row.items() if k.startswith("param_") and v is not None}
+    values = {**space.fixed, **params}
+    return {k: v for k, v in values.items() if k not in RUNTIME_KEYS}
+
+
+def _best(rows: Sequence[Mapping[str, Any]], what: str) -> Mapping[str, Any]:
+    if not rows:
+        raise RunDirError(f"{what}: no finished trial (completed or early_stopped) with a val accuracy")
+    return max(rows, key=lambda r: r["best_val_accuracy"])
+
+
+def _untuned(space: SearchSpace, algorithm: str) -> dict[str, Any]:
+    # Fixed values win over the untuned defaults: they were chosen, not searched.
+    return {**UNTUNED_DEFAULTS.get(algorithm, {}), **space.fixed, "algorithm": algorithm}
+
+
+def _methods(run_dir: Path, baselines: Sequence[str], baselines_run: str | None) -> tuple[SearchSpace, list[Method]]:
+    space, rows = _load_run(run_dir)
+    best = _best(rows, f"run_dir: {run_dir}")
+    tuned = _trial_values(space, best)
+    algo = str(tuned.get("algorithm", TrainConfig.algorithm))
+    print(f"gs-tune: best trial {best['trial_id']} ({best['status']}), val accuracy "
+          f"{best['best_val_accuracy'] * 100:.2f}%")
+    methods = [Method(f"{algo} (tuned)", "tuned", tuned), Method(f"{algo} (default)", "default",
+                                                               _untuned(space, algo))]
+    if baselines_run is not None:
+        b_dir = Path(baselines_run)
+        if not b_dir.is_dir():
+            raise RunDirError(f"baselines_run: {baselines_run} is not a directory")
+        b_space, b_rows = _load_run(b_dir)
+    for name in baselines:
+        if name not in ALGORITHMS:
+            raise ConfigError("baselines", f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
+        if baselines_run is None:
+            methods.append(Method(name, "default", _untuned(space, name)))
+            continue
+        candidates = [r for r in b_rows if _trial_values(b_space, r).get("algorithm") == name]
+        row = _best(candidates, f"baselines_run: {baselines_run} ({name})")
+        methods.append(Method(name, "baselines-run", _trial_values(b_space, row)))
+    unique: list[Method] = []
+    for m in methods:  # e.g. baseline ahe == "ahe (default)": training it twice would tell nothing new
+        if any(train_config(m.values) == train_config(u.values) for u in unique):
+            print(f"gs-tune: skipping {m.name}: same configuration as an earlier method")
+        else:
+            unique.append(m)
+    return space, unique
+
+
+@ray.remote(num_cpus=1, max_calls=1)
+def _retrain(values: dict[str, Any]) -> dict[str, Any]:
+    """Train one configuration to the end; the final record (kind test, or diverged).
+
+    max_calls=1 gives every run a fresh worker process: peak_memory_mb is the process's peak
+    (ru_maxrss, or CUDA's max allocated), which a reused worker would carry over between runs.
+    """
+    import torch
+
+    from gs_tune.trainer import train
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg = train_config(values, device="cuda" if ray.get_gpu_ids() else "cpu", progress=False)
+    final: dict[str, Any] = {}
+    for record in train(cfg):
+        final = record
+    return final
+
+
+def evaluate_run(
+    run_dir: str | Path, *, baselines: Sequence[str] = ("maml", "fomaml", "reptile"), seeds: int = 3,
+    tasks: int = 600, baselines_run: str | None = None, smoke: bool = False, address: str | None = None,
+    object_store_memory: int | None = None,
+) -> pa.Table:
+    """Retrain and test every method for every seed; write RUN_DIR/evaluation.parquet and return it."""
+    from gs_tune.search.cluster import ray_session
+
+    run_dir = Path(run_dir)
+    for name, value in (("seeds", seeds), ("tasks", tasks)):
+        if value < 1:
+            raise ConfigError(name, f"must be >= 1, got {value}")
+    space, methods = _methods(run_dir, baselines, baselines_run)
+    overrides: dict[str, Any] = {}
+    if smoke:
+        # The run dir's own smoke budget for every method, so they stay comparable with each other.
+        overrides = dict(space.smoke)
+        tasks, seeds = min(tasks, SMOKE_TASKS), min(seeds, SMOKE_SEEDS)
+    search_seeds = {train_config(m.values).seed for m in methods}
+    seed_list = [s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds + len(search_seeds))
+                 if s not in search_seeds][:seeds]
+    runs = [(i, seed, {**m.values, **overrides, "seed": seed, "test_tasks": tasks})
+            for i, m in enumerate(methods) for seed in seed_list]
+    for _, _, values in runs:
+        train_config(values)  # fail on a bad configuration before Ray starts
+    gpus = space.gpus_per_trial
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    with ray_session(address, object_store_memory=object_store_memory) as cluster:
+        print(f"gs-tune: Ray {cluster.description}", flush=True)
+        # The search's resources per trial, so sec_per_iter compares with the search's trials.
+        gpu = (1.0 if cluster.has_gpus else 0.0) if gpus == "auto" else float(gpus)
+        task = _retrain.options(num_cpus=space.cpus_per_trial, num_gpus=gpu)
+        print(f"gs-tune: retraining {len(methods)} methods x {len(seed_list)} seeds = {len(runs)} runs, "
+              f"{tasks} test tasks each", flush=True)
+        pending = {task.remote(values): (i, seed, values) for i, seed, values in runs}
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            i, seed, values = pending.pop(ref)
+            record = ray.get(ref)
+            rows[(i, seed)] = _row(methods[i], seed, values, record)
+            acc, ci = record.get("test_accuracy"), record.get("test_ci95")
+            result = "diverged" if acc is None else f"test accuracy {acc * 100:.2f}% ± {ci * 100:.2f}%"
+            print(f"[{len(rows)}/{len(runs)}] {methods[i].name} seed {seed}: {result}", flush=True)
+    ordered = [rows[k] for k in sorted(rows)]
+    path = write_evaluation(run_dir, ordered)
+    print()
+    print(format_summary(ordered))
+    print(f"\nevaluation: {path}")
+    return read_evaluation(run_dir)
+
+
+def _row(method: Method, seed: int, values: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    params = {**train_config(values).as_dict(), "device": record.get("device", "auto")}
+    return {
+        "method": method.name, "config_source": method.source, "seed": seed,
+        "test_accuracy": record.get("test_accuracy"), "test_ci95": record.get("test_ci95"),
+        "test_tasks": values["test_tasks"], "sec_per_iter": record.get("sec_per_iter"),
+        "peak_memory_mb": record.get("peak_memory_mb"), "params": params,
+    }
+
+
+def aggregate(accuracies: Sequence[float], ci95s: Sequence[float]) -> tuple[float, float]:
+    """Mean over seeds and its 95% half-width (see the module docstring for the formula)."""
+    if len(accuracies) == 1:
+        return accuracies[0], ci95s[0]
+    return statistics.fmean(accuracies), 1.96 * statistics.stdev(accuracies) / math.sqrt(len(accuracies))
+
+
+def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line per method: test accuracy mean ± CI over seeds, sec per meta-iteration, peak MiB."""
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    width = max(len("method"), *(len(n) for n in names))
+    lines = [f"{'method':<{width}}  {'source':<13}  seeds  {'test accuracy':>17}  {'s/iter':>7}  {'peak MB':>8}"]
+    for name in names:
+        mine = [r for r in rows if r["method"] == name]
+        ok = [r for r in mine if r["test_accuracy"] is not None]
+        seeds = f"{len(ok)}/{len(mine)}" if len(ok) < len(mine) else str(len(mine))
+        acc = "diverged"
+        if ok:
+            mean, ci = aggregate([r["test_accuracy"] for r in ok], [r["test_ci95"] for r in ok])
+            acc = f"{mean * 100:.2f}% ± {ci * 100:.2f}%"
+        sec = statistics.fmean(r["sec_per_iter"] for r in mine if r["sec_per_iter"] is not None)
+        mem = [r["peak_memory_mb"] for r in ok if r["peak_memory_mb"] is not None]
+        peak = f"{max(mem):.0f}" if mem else "-"
+        lines.append(f"{name:<{width}}  {mine[0]['config_source']:<13}  {seeds:>5}  {acc:>17}  "
+                     f"{sec:>7.4f}  {peak:>8}")
+    lines.append("test accuracy: mean over seeds ± 1.96·sd/√seeds (one seed: its CI over test tasks)")
+    return "\n".join(lines)

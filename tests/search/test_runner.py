@@ -1,0 +1,111 @@
+"""End-to-end searches on a real local Ray: launch, interrupt, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+
+from gs_tune.cli import main
+from gs_tune.search.runner import launch, resume
+
+STORE = 200 * 2**20  # keep Ray's object store small on a shared CI machine
+
+
+def _finished_trials(run_dir: Path) -> list[dict]:
+    path = run_dir / "trials.parquet"
+    if not path.exists():
+        return []
+    return [r for r in pq.read_table(path).to_pylist() if r["status"] != "running"]
+
+
+def _study(run_dir: Path) -> optuna.Study:
+    meta = json.loads((run_dir / "run.json").read_text())
+    return optuna.load_study(study_name=meta["study_name"], storage=meta["optuna_storage"])
+
+
+def test_smoke_search_leaves_the_documented_run_directory(tmp_path):
+    run_dir = launch("cosine_l2", name="smoke", runs_dir=tmp_path, num_samples=4, max_concurrent=2,
+                     smoke=True, object_store_memory=STORE)
+    assert run_dir == tmp_path / "smoke"
+    for name in ("space.yaml", "run.json", "study.db", "trials.parquet", "metrics.parquet"):
+        assert (run_dir / name).is_file(), name
+    study = _study(run_dir)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    assert len(trials) == 4
+    assert {t["status"] for t in trials} <= {"completed", "early_stopped"}
+    # Ray Tune's experiment state and one directory (with checkpoints) per trial
+    tune_dir = run_dir / "tune"
+    assert any(tune_dir.glob("experiment_state*.json"))
+    trial_dirs = [d for d in tune_dir.iterdir() if d.is_dir() and (d / "result.json").exists()]
+    assert len(trial_dirs) == 4
+    assert all(any(d.glob("checkpoint_*")) for d in trial_dirs)
+    boards = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
+    assert boards == sorted(t["trial_id"] for t in trials)
+    # the searched values are what each trial trained with
+    for trial in study.trials:
+        assert 1e-3 <= trial.params["w_cos"] <= 1.0
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
+    cmd = [sys.executable, "-m", "gs_tune.cli", "launch", "--space", "cosine_l2", "--smoke",
+           "--num-samples", "4", "--max-concurrent", "1", "--runs-dir", str(tmp_path), "--name", "r"]
+    env = {**os.environ, "GS_TUNE_OBJECT_STORE_MB": "200"}
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = tmp_path / "r"
+    deadline = time.monotonic() + 240
+    while len(_finished_trials(run_dir)) < 2:
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "two trials did not finish in time"
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGINT)
+    driver.communicate(timeout=120)
+    before = {t["trial_id"] for t in _finished_trials(run_dir)}
+    assert 2 <= len(before) < 4, "the interrupt came after the search had finished"
+    reports_before = {
+        tid: (run_dir / "tune" / tid / "result.json").read_text() for tid in before
+    }
+
+    resume(run_dir, object_store_memory=STORE)
+
+    study = _study(run_dir)
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert len(_finished_trials(run_dir)) == 4
+    for tid, text in reports_before.items():  # finished trials were not run again
+        assert (run_dir / "tune" / tid / "result.json").read_text() == text
+
+
+def test_invalid_space_exits_2_before_ray_starts(tmp_path, capsys):
+    space = tmp_path / "bad.yaml"
+    space.write_text("fixed: {algorithm: ahe}\nsearch:\n  w_cos: {loguniform: [0, 1]}\n")
+    code = main(["launch", "--space", str(space), "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "search.w_cos.loguniform" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_space_name_lists_shipped_spaces(tmp_path, capsys):
+    assert main(["launch", "--space", "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert "cosine_l2" in capsys.readouterr().err
+
+
+def test_resume_of_a_directory_that_is_not_a_run_exits_2(tmp_path, capsys):
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "run.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["results", "report", "evaluate"])
+def test_result_commands_on_missing_run_dir_exit_2(tmp_path, command, capsys):
+    assert main([command, str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
