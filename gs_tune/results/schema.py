@@ -33,7 +33,7 @@ def _schema(fields: list[pa.Field], table: str) -> pa.Schema:
 # --- trials.parquet -----------------------------------------------------------
 
 TRIAL_CORE_FIELDS: list[pa.Field] = [
-    _field("trial_id", _STR, "Ray Tune trial id; also the name of trials/<id>/ and tensorboard/<id>/.", False),
+    _field("trial_id", _STR, "Ray Tune trial id; also the name of tune/<id>/ and tensorboard/<id>/.", False),
     _field("status", _STR, "running, completed, early_stopped (by ASHA), diverged (non-finite loss) or error.",
            False),
     _field("final_val_accuracy", _F64, "val_accuracy of the last validation record."),

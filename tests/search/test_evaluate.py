@@ -15,8 +15,11 @@ from gs_tune.errors import RunDirError
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
 from gs_tune.search.evaluate import EVAL_SEED_BASE, UNTUNED_DEFAULTS, aggregate, evaluate_run
-from gs_tune.search.space import load_space
+from gs_tune.search.space import load_space, parse_space
 
+# The space's --smoke budget shrunk further (the shipped one takes ~15 s per training on a loaded
+# 2-core machine): evaluate_run(smoke=True) trains with the run dir's own smoke block.
+TINY_SMOKE = {"iterations": 4, "val_every": 2, "val_tasks": 5, "test_tasks": 10, "meta_batch": 2}
 # The best finished trial (its values are what the tuned rows must have been trained with).
 BEST = {"w_cos": 0.0123, "w_l2": 0.00456, "inner_lr": 0.3, "outer_lr": 0.0012, "ahe_schedule": "cosine",
         "ahe_clip": 2.5}
@@ -34,7 +37,9 @@ def _val(iteration: int, acc: float) -> dict[str, Any]:
 
 def build_run(run_dir: Path, trials: list[tuple[str, dict[str, Any], float, str]]) -> dict[str, Any]:
     """space.yaml (cosine_l2, smoke-sized) and trials.parquet as a search leaves them; the fixed values."""
-    space = load_space("cosine_l2").with_overrides(smoke=True)
+    data = load_space("cosine_l2").to_dict()
+    data["smoke"] = TINY_SMOKE
+    space = parse_space(data, "cosine_l2").with_overrides(smoke=True)
     run_dir.mkdir(parents=True)
     (run_dir / "space.yaml").write_text(space.to_yaml())
     writer = ResultsWriter(run_dir)
@@ -71,7 +76,8 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
         assert r["sec_per_iter"] > 0 and r["peak_memory_mb"] > 0
         params = json.loads(r["params_json"])
         assert params["seed"] == r["seed"] and params["test_tasks"] == 10
-        assert params["iterations"] == fixed["iterations"] and params["device"] == "cpu"
+        assert params["iterations"] == TINY_SMOKE["iterations"] == fixed["iterations"]
+        assert params["device"] == "cpu"
         if r["method"] == "ahe (tuned)":
             assert {k: params[k] for k in BEST} == BEST
         elif r["method"] == "ahe (default)":
