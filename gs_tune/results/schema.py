@@ -130,7 +130,7 @@ METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS_SCHEMA.names)
 # --- evaluation.parquet -------------------------------------------------------
 
 EVALUATION_SCHEMA: pa.Schema = _schema([
-    _field("method", _STR, "Method evaluated (e.g. ahe, maml, fomaml, reptile).", False),
+    _field("method", _STR, "Method evaluated: 'ahe (tuned)', 'ahe (default)', maml, fomaml, reptile.", False),
     _field("config_source", _STR, "Where the configuration came from: tuned, default, baselines-run, …"),
     _field("seed", _I64, "Seed of this evaluation run."),
     _field("test_accuracy", _F64, "Mean test accuracy over test_tasks tasks."),

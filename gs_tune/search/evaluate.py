@@ -202,10 +202,11 @@ def aggregate(accuracies: Sequence[float], ci95s: Sequence[float]) -> tuple[floa
 
 
 def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One line per method: test accuracy mean ± CI over seeds, sec per meta-iteration, peak MiB."""
+    """One line per method: test accuracy mean ± CI over seeds, mean sec per meta-iteration, peak MiB
+    (the highest over seeds)."""
     names = list(dict.fromkeys(r["method"] for r in rows))
     width = max(len("method"), *(len(n) for n in names))
-    lines = [f"{'method':<{width}}  {'source':<13}  seeds  {'test accuracy':>17}  {'s/iter':>7}  {'peak MB':>8}"]
+    lines = [f"{'method':<{width}}  {'source':<13}  seeds  {'test accuracy':>17}  {'sec/iter':>8}  {'peak MB':>8}"]
     for name in names:
         mine = [r for r in rows if r["method"] == name]
         ok = [r for r in mine if r["test_accuracy"] is not None]
@@ -214,10 +215,11 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
         if ok:
             mean, ci = aggregate([r["test_accuracy"] for r in ok], [r["test_ci95"] for r in ok])
             acc = f"{mean * 100:.2f}% ± {ci * 100:.2f}%"
-        sec = statistics.fmean(r["sec_per_iter"] for r in mine if r["sec_per_iter"] is not None)
+        secs = [r["sec_per_iter"] for r in mine if r["sec_per_iter"] is not None]
+        sec = f"{statistics.fmean(secs):.4f}" if secs else "-"
         mem = [r["peak_memory_mb"] for r in ok if r["peak_memory_mb"] is not None]
         peak = f"{max(mem):.0f}" if mem else "-"
         lines.append(f"{name:<{width}}  {mine[0]['config_source']:<13}  {seeds:>5}  {acc:>17}  "
-                     f"{sec:>7.4f}  {peak:>8}")
+                     f"{sec:>8}  {peak:>8}")
     lines.append("test accuracy: mean over seeds ± 1.96·sd/√seeds (one seed: its CI over test tasks)")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import pytest
 from gs_tune.errors import RunDirError
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
-from gs_tune.search.evaluate import EVAL_SEED_BASE, UNTUNED_DEFAULTS, aggregate, evaluate_run
+from gs_tune.search.evaluate import EVAL_SEED_BASE, UNTUNED_DEFAULTS, _methods, aggregate, evaluate_run
 from gs_tune.search.space import load_space, parse_space
 
 # The space's --smoke budget shrunk further (the shipped one takes ~15 s per training on a loaded
@@ -35,11 +35,12 @@ def _val(iteration: int, acc: float) -> dict[str, Any]:
             "ahe_lambda": 1.0, "val_loss": 1.1, "val_accuracy": acc, "val_ci95": 0.05}
 
 
-def build_run(run_dir: Path, trials: list[tuple[str, dict[str, Any], float, str]]) -> dict[str, Any]:
-    """space.yaml (cosine_l2, smoke-sized) and trials.parquet as a search leaves them; the fixed values."""
-    data = load_space("cosine_l2").to_dict()
+def build_run(run_dir: Path, trials: list[tuple[str, dict[str, Any], float, str]],
+              space_name: str = "cosine_l2") -> dict[str, Any]:
+    """space.yaml (smoke-sized) and trials.parquet as a search leaves them; the fixed values."""
+    data = load_space(space_name).to_dict()
     data["smoke"] = TINY_SMOKE
-    space = parse_space(data, "cosine_l2").with_overrides(smoke=True)
+    space = parse_space(data, space_name).with_overrides(smoke=True)
     run_dir.mkdir(parents=True)
     (run_dir / "space.yaml").write_text(space.to_yaml())
     writer = ResultsWriter(run_dir)
@@ -104,6 +105,22 @@ def test_no_finished_trial_is_a_run_dir_error(tmp_path: Path) -> None:
 def test_missing_tables_is_a_run_dir_error(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="space.yaml"):
         evaluate_run(tmp_path, smoke=True)
+
+
+def test_baselines_run_gives_each_baseline_its_best_trial(tmp_path: Path) -> None:
+    run_dir, b_dir = tmp_path / "run", tmp_path / "baselines"
+    build_run(run_dir, [("a", BEST, 0.6, "completed")])
+    build_run(b_dir, [("m", {"algorithm": "maml", "inner_lr": 0.2, "outer_lr": 0.001}, 0.9, "completed"),
+                      ("f1", {"algorithm": "fomaml", "inner_lr": 0.1, "outer_lr": 0.001}, 0.5, "completed"),
+                      ("f2", {"algorithm": "fomaml", "inner_lr": 0.6, "outer_lr": 0.002}, 0.7, "early_stopped"),
+                      ("f3", {"algorithm": "fomaml", "inner_lr": 0.7, "outer_lr": 0.002}, 0.8, "diverged")],
+              space_name="baselines")
+    _, methods = _methods(run_dir, ["fomaml"], str(b_dir))
+    assert [(m.name, m.source) for m in methods] == [
+        ("ahe (tuned)", "tuned"), ("ahe (default)", "default"), ("fomaml", "baselines-run")]
+    assert methods[2].values["inner_lr"] == 0.6 and methods[2].values["algorithm"] == "fomaml"
+    with pytest.raises(RunDirError, match="reptile"):
+        _methods(run_dir, ["reptile"], str(b_dir))
 
 
 def test_aggregate_over_seeds() -> None:

@@ -1,0 +1,257 @@
+"""The trainer: records, reproducibility, checkpoint/resume, λ schedules, divergence, result.json.
+
+Runs use the embedded digits dataset, loaded once per module, and a small MLP
+so that each takes about a second; one test trains Conv-4 for real and checks
+that it learns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gs_tune import trainer
+from gs_tune.config import train_config
+from gs_tune.data import load_dataset
+from gs_tune.trainer import CHECKPOINT_NAME, ahe_lambda, train
+
+SMALL = {
+    "dataset": "digits", "model": "mlp", "filters": 8, "iterations": 20, "val_every": 10, "val_tasks": 10,
+    "test_tasks": 20, "progress": False, "algorithm": "ahe", "w_cos": 0.1, "seed": 0,
+}
+VAL_KEYS = {
+    "kind", "iteration", "elapsed_s", "sec_per_iter", "train_loss", "train_accuracy", "grad_norm",
+    "correction_norm", "grad_cosine", "ahe_lambda", "val_loss", "val_accuracy", "val_ci95", "checkpoint",
+}
+TEST_KEYS = {
+    "kind", "iteration", "sec_per_iter", "test_loss", "test_accuracy", "test_ci95", "elapsed_s",
+    "peak_memory_mb", "device", "val_accuracy", "val_ci95",
+}
+# The test record also repeats the last validation's metrics (Ray Tune's searchers keep only the last record).
+ECHOED = VAL_KEYS - {"kind", "iteration", "elapsed_s", "sec_per_iter", "checkpoint"}
+DIVERGED_KEYS = {"kind", "iteration", "elapsed_s", "val_accuracy", "train_loss"}
+# Wall-clock and memory measurements differ from run to run; everything else must not.
+TIMING = {"elapsed_s", "sec_per_iter", "peak_memory_mb", "checkpoint"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine OpenMP's spinning barrier made two threads
+    up to 10× slower here; results are compared within one thread count, never across."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def baseline(digits):
+    """The uninterrupted SMALL run that other tests compare with."""
+    torch.set_num_threads(1)  # module fixtures run outside one_thread; the comparisons need the same count
+    return list(train(train_config(SMALL), dataset=digits))
+
+
+def comparable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def test_records_have_the_documented_keys_and_kinds(baseline):
+    assert [r["kind"] for r in baseline] == ["val", "val", "test"]
+    assert [r["iteration"] for r in baseline] == [10, 20, 20]
+    for record in baseline[:2]:
+        assert set(record) == VAL_KEYS
+        assert record["checkpoint"] is None  # neither cfg.out nor checkpoint_dir
+        assert record["ahe_lambda"] == 1.0
+        for k in VAL_KEYS - {"kind", "iteration", "checkpoint"}:
+            assert isinstance(record[k], float) and math.isfinite(record[k]), k
+        for k in ("train_accuracy", "val_accuracy"):
+            assert 0.0 <= record[k] <= 1.0, k
+        assert record["correction_norm"] > 0  # ahe with w_cos > 0 corrects
+        assert record["sec_per_iter"] > 0
+    test = baseline[-1]
+    assert TEST_KEYS <= set(test) <= TEST_KEYS | ECHOED
+    for k in ECHOED & set(test):
+        assert test[k] == baseline[1][k], k
+    assert 0.0 <= test["test_accuracy"] <= 1.0
+    assert test["test_ci95"] > 0 and test["peak_memory_mb"] > 0
+    assert test["device"] == "cpu"
+
+
+def test_no_test_record_without_test_tasks_or_out(digits):
+    records = list(train(train_config(SMALL, iterations=4, val_every=2, test_tasks=0), dataset=digits))
+    assert [(r["kind"], r["iteration"]) for r in records] == [("val", 2), ("val", 4)]
+
+
+def test_validates_at_the_last_iteration_too(digits):
+    records = list(train(train_config(SMALL, iterations=7, val_every=3, test_tasks=0), dataset=digits))
+    assert [r["iteration"] for r in records] == [3, 6, 7]
+
+
+def test_same_seed_reproduces_and_another_seed_differs(baseline, digits):
+    again = list(train(train_config(SMALL), dataset=digits))
+    assert [comparable(r) for r in again] == [comparable(r) for r in baseline]
+
+    other = list(train(train_config(SMALL, seed=1), dataset=digits))
+    assert other[0]["train_loss"] != baseline[0]["train_loss"]
+    assert other[0]["val_loss"] != baseline[0]["val_loss"]
+    assert other[-1]["test_loss"] != baseline[-1]["test_loss"]
+
+
+def test_resume_from_a_validation_checkpoint_equals_an_uninterrupted_run(baseline, digits, tmp_path):
+    cfg = train_config(SMALL)
+    interrupted = train(cfg, dataset=digits, checkpoint_dir=tmp_path)
+    first = next(interrupted)
+    interrupted.close()  # stop after iteration 10, as a killed trial would
+    assert first["iteration"] == 10
+    assert first["checkpoint"] == str(tmp_path / CHECKPOINT_NAME)
+    assert comparable(first) == comparable(baseline[0])
+
+    resumed = list(train(cfg, dataset=digits, resume_from=tmp_path))
+    assert [r["kind"] for r in resumed] == ["val", "test"]
+    assert [comparable(r) for r in resumed] == [comparable(r) for r in baseline[1:]]
+
+
+def _resume_from_iteration_15(digits, tmp_path, monkeypatch):
+    """Checkpoint every 5 iterations, validate every 10, resume from the copy written at 15."""
+    saved = tmp_path / "at15.pt"
+    real_save = trainer.save_checkpoint
+
+    def save_and_copy(path: Path, state: dict) -> None:
+        real_save(path, state)
+        if state["iteration"] == 15:
+            shutil.copy(path, saved)
+
+    cfg = train_config(SMALL, checkpoint_every=5)
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "save_checkpoint", save_and_copy)
+        list(train(cfg, dataset=digits, checkpoint_dir=tmp_path / "run"))
+    assert saved.exists()
+    return list(train(cfg, dataset=digits, resume_from=saved))
+
+
+def test_resume_between_validations_keeps_the_validation_metrics(baseline, digits, tmp_path, monkeypatch):
+    resumed = _resume_from_iteration_15(digits, tmp_path, monkeypatch)
+    assert [r["kind"] for r in resumed] == ["val", "test"]
+    for key in ("val_loss", "val_accuracy", "val_ci95", "ahe_lambda", "iteration"):
+        assert resumed[0][key] == baseline[1][key], key
+    for key in ("test_loss", "test_accuracy", "test_ci95", "val_accuracy", "iteration"):
+        assert resumed[1][key] == baseline[2][key], key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gs_tune/trainer.py bug: the running sums behind train_loss/train_accuracy/grad_norm/"
+    "correction_norm/grad_cosine are not checkpointed, so after resuming from a checkpoint written "
+    "between validations the next record averages only the iterations since the resume",
+)
+def test_resume_between_validations_keeps_the_training_averages(baseline, digits, tmp_path, monkeypatch):
+    resumed = _resume_from_iteration_15(digits, tmp_path, monkeypatch)
+    for key in ("train_loss", "train_accuracy", "grad_norm", "correction_norm", "grad_cosine"):
+        assert resumed[0][key] == baseline[1][key], key
+
+
+def test_ahe_lambda_schedules():
+    def values(schedule: str, **kw) -> list[float]:
+        cfg = train_config(iterations=100, ahe_scale=2.0, ahe_schedule=schedule, **kw)
+        return [ahe_lambda(cfg, i) for i in range(100)]
+
+    assert values("constant") == [2.0] * 100
+
+    warm = values("linear_warmup", ahe_warmup=0.2)  # 0 → λ₀ over the first 20 iterations, then flat
+    assert warm[0] == 0.0
+    assert warm[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in itertools.pairwise(warm[:21]))
+    assert warm[20:] == [2.0] * 80
+
+    decay = values("linear_decay")  # λ₀·(1 − t)
+    assert decay[0] == 2.0 and decay[50] == pytest.approx(1.0) and decay[99] == pytest.approx(0.02)
+    assert all(a > b for a, b in itertools.pairwise(decay))
+
+    cos = values("cosine")  # λ₀·(1 + cos πt)/2
+    assert cos[0] == 2.0 and cos[50] == pytest.approx(1.0)
+    assert cos[99] == pytest.approx(1.0 + math.cos(0.99 * math.pi))
+    assert all(a > b for a, b in itertools.pairwise(cos))
+    assert cos[25] == pytest.approx(1.0 + math.sqrt(0.5))
+
+    step = values("step", ahe_step_every=0.3, ahe_step_gamma=0.5)  # ×0.5 at t = 0.3, 0.6, 0.9
+    assert step[:30] == [2.0] * 30
+    assert step[30:60] == pytest.approx([1.0] * 30)
+    assert step[60:90] == pytest.approx([0.5] * 30)
+    assert step[90:] == pytest.approx([0.25] * 10)
+
+    # every schedule stays within [0, λ₀]
+    for schedule in ("constant", "linear_warmup", "linear_decay", "cosine", "step"):
+        assert all(0.0 <= v <= 2.0 for v in values(schedule))
+
+
+def test_records_report_the_scheduled_lambda(digits):
+    cfg = train_config(SMALL, algorithm="fomaml", iterations=8, val_every=2, test_tasks=0,
+                       ahe_schedule="linear_decay", ahe_scale=0.5)
+    records = list(train(cfg, dataset=digits))
+    assert [r["ahe_lambda"] for r in records] == [ahe_lambda(cfg, r["iteration"] - 1) for r in records]
+    assert [r["ahe_lambda"] for r in records] == pytest.approx([0.5 * (1 - i / 8) for i in (1, 3, 5, 7)])
+
+
+def test_non_finite_loss_ends_the_run_with_a_diverged_record(digits, tmp_path):
+    # An inner step of 1e30 overflows float32 at once. (inner_lr or outer_lr of 1e6 only makes the loss
+    # ~1e10-1e13 here: batch norm keeps the activations finite.)
+    cfg = train_config(SMALL, inner_lr=1e30, out=str(tmp_path / "run"))
+    records = list(train(cfg, dataset=digits))
+    assert len(records) == 1
+    record = records[0]
+    assert record["kind"] == "diverged"
+    assert DIVERGED_KEYS <= set(record)
+    assert record["iteration"] == 1
+    assert record["val_accuracy"] == 0.0
+    assert not math.isfinite(record["train_loss"])
+
+
+def test_result_json_and_checkpoint_in_out(baseline, digits, tmp_path):
+    out = tmp_path / "run"
+    cfg = train_config(SMALL, out=str(out))
+    records = list(train(cfg, dataset=digits))
+    final = records[-1]
+    assert final["kind"] == "test"
+    assert [r["checkpoint"] for r in records[:2]] == [str(out / CHECKPOINT_NAME)] * 2
+    assert (out / CHECKPOINT_NAME).exists()
+    assert comparable(final) == comparable(baseline[-1])  # writing files changes no number
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"] == cfg.as_dict()
+    assert result["test_accuracy"] == final["test_accuracy"]
+    assert result["test_ci95"] == final["test_ci95"]
+    assert result["val_accuracy"] == final["val_accuracy"]
+    assert "kind" not in result
+    assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+    state = torch.load(out / CHECKPOINT_NAME)
+    assert state["iteration"] == 20
+    assert state["config"] == cfg.as_dict()
+
+
+def test_conv4_learns_digits(digits):
+    """5-way 1-shot Conv-4 on digits beats chance (0.2) clearly after 150 meta-iterations.
+
+    5 queries per class instead of 15 make it 3-4× faster; measured test accuracy
+    0.47-0.49 over seeds 0-2 (about 20 s on a loaded 2-core machine).
+    """
+    cfg = train_config(
+        dataset="digits", model="conv4", filters=32, ways=5, shots=1, query=5, iterations=150, meta_batch=4,
+        inner_lr=0.4, algorithm="fomaml", val_every=150, val_tasks=50, test_tasks=100, progress=False, seed=0,
+    )
+    records = list(train(cfg, dataset=digits))
+    final = records[-1]
+    assert final["kind"] == "test"
+    assert final["test_accuracy"] >= 0.35, final
+    assert records[-2]["val_accuracy"] >= 0.35, records[-2]
