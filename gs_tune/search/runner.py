@@ -52,7 +52,8 @@ def launch(
     optuna_url = storage_optuna or space.storage or f"sqlite:///{run_dir / 'study.db'}"
     meta = {
         "name": run_name, "study_name": run_name, "optuna_storage": optuna_url,
-        "ray_storage": storage or str(run_dir), "experiment": EXPERIMENT,
+        # a shared --storage gets one prefix per run, so two runs never share an experiment
+        "ray_storage": f"{storage.rstrip('/')}/{run_name}" if storage else str(run_dir), "experiment": EXPERIMENT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_atomic(run_dir / "space.yaml", space.to_yaml())
@@ -117,6 +118,10 @@ def _build_tuner(space: SearchSpace, run_dir: Path, meta: dict[str, Any], has_gp
 
     gpus = space.gpus_per_trial
     gpus = (1.0 if has_gpus else 0.0) if gpus == "auto" else float(gpus)
+    if space.gpus_per_trial == "auto" and not has_gpus:
+        # an autoscaling cluster may have no GPU node *yet*; auto then means CPU-only trials
+        print("gs-tune: no GPUs in the cluster now, so trials run on CPUs "
+              "(pass --gpus-per-trial to wait for GPU nodes)", flush=True)
     trainable = tune.with_resources(run_trial, {"cpu": space.cpus_per_trial, "gpu": gpus})
     print(f"gs-tune: {space.num_samples} trials, {space.max_concurrent} at once, "
           f"{space.cpus_per_trial:g} CPU + {gpus:g} GPU each", flush=True)
