@@ -8,7 +8,7 @@ from gs_tune.meta import meta_gradient
 
 __version__ = "0.1.0"
 
-__all__ = ["AlgoHParams", "TaskBatch", "TrainConfig", "meta_gradient", "train", "train_config", "__version__"]
+__all__ = ["AlgoHParams", "TaskBatch", "TrainConfig", "__version__", "meta_gradient", "train", "train_config"]
 
 
 def __getattr__(name: str):

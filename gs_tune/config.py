@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from gs_tune.errors import ConfigError
 
@@ -42,10 +43,11 @@ class AlgoHParams:
     """Weight of the dot term −w_dot·⟨g_S, g_Q⟩; w_dot = inner_lr recovers MAML at K = 1."""
     hvp: str = "finite_difference"
     """How H_S·u is computed: central finite difference (first-order) or exact (jvp of grad)."""
-    fd_eps: float = 1e-5
-    """Step of the central finite difference along û = u/‖u‖. ReLU and max-pool kinks
-    crossed inside ±ε add errors of order jump/ε, float32 rounding adds ~1e-7/ε:
-    1e-5 balances the two for Conv-4 (benchmarks/hvp_accuracy.py)."""
+    fd_eps: float = 1e-6
+    """Step of the central finite difference along û = u/‖u‖. A ReLU or max-pool kink
+    crossed inside ±ε adds an error of order jump/ε, float32 rounding one of ~1e-7/ε:
+    on Conv-4 with digits, ε ≥ 3e-6 gave rare errors of 1e3× (kinks), ε = 1e-6 a steady
+    ~30% and none above 36% (benchmarks/hvp_accuracy.py, BENCHMARKS.md)."""
     ahe_at: str = "first_step"
     """Apply the correction at θ only, or sum it over every inner iterate θ_k."""
     ahe_scale: float = 1.0
@@ -91,7 +93,7 @@ class TrainConfig:
     w_l2: float = 0.0
     w_dot: float = 0.0
     hvp: str = "finite_difference"
-    fd_eps: float = 1e-5
+    fd_eps: float = 1e-6
     ahe_at: str = "first_step"
     ahe_scale: float = 1.0
     """λ₀, the peak of the λ schedule."""

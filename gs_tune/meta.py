@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from gs_tune.algorithms import ALGORITHMS, STAT_NAMES
-from gs_tune.algorithms.common import LossFn, Params, first_order_adapt
+from gs_tune.algorithms.common import LossFn, Params, autograd_grad, first_order_adapt
 from gs_tune.config import AlgoHParams, algo_hparams
 from gs_tune.data.tasks import TaskBatch
 from gs_tune.errors import ConfigError
@@ -52,6 +52,8 @@ def meta_gradient(
     if algorithm not in ALGORITHMS:
         raise ConfigError("algorithm", f"got {algorithm!r}, allowed: {', '.join(ALGORITHMS)}")
     hp = algo_hparams({**(dataclasses.asdict(hparams) if hparams else {}), **kwargs})
+    batching = resolve_batching(hp.batching, tasks.x_support.device)
+    hp = dataclasses.replace(hp, batching=batching)  # the algorithms pick their autodiff by it
     step = ALGORITHMS[algorithm]
     loss_fn = make_loss_fn(model)
     params = {name: p.detach() for name, p in model.named_parameters()}
@@ -59,7 +61,7 @@ def meta_gradient(
     def per_task(p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor):
         return step(loss_fn, p, xs, ys, xq, yq, hp)
 
-    if resolve_batching(hp.batching, tasks.x_support.device) == "vmap":
+    if batching == "vmap":
         grads, stats = vmap(per_task, in_dims=(None, 0, 0, 0, 0))(params, *tasks)
         grads = {k: g.mean(0) for k, g in grads.items()}
         stats = {k: s.mean(0).detach() for k, s in stats.items()}
@@ -89,7 +91,7 @@ def adapt_and_evaluate(
     losses, accs = [], []
     for t in range(tasks.num_tasks):
         xs, ys, xq, yq = (tensor[t] for tensor in tasks)
-        iterates, _ = first_order_adapt(loss_fn, params, xs, ys, inner_lr, inner_steps)
+        iterates, _ = first_order_adapt(loss_fn, params, xs, ys, inner_lr, inner_steps, autograd_grad)
         with torch.no_grad():
             loss, acc = loss_fn(iterates[-1], xq, yq)
         losses.append(loss)

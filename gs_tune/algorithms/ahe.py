@@ -17,8 +17,18 @@ from __future__ import annotations
 import torch
 
 from gs_tune.algorithms.common import (
-    TINY, LossFn, Params, hvp_exact, hvp_finite_difference, tree_add, tree_cosine, tree_dot, tree_norm,
-    tree_scale, tree_zeros,
+    TINY,
+    LossFn,
+    Params,
+    grad_transform,
+    hvp_exact,
+    hvp_finite_difference,
+    tree_add,
+    tree_cosine,
+    tree_dot,
+    tree_norm,
+    tree_scale,
+    tree_zeros,
 )
 from gs_tune.algorithms.fomaml import first_order_parts
 from gs_tune.config import AlgoHParams
@@ -51,7 +61,9 @@ def ahe(
             if hp.hvp == "exact":
                 hu = hvp_exact(loss_fn, iterates[k], xs, ys, u)
             else:
-                hu = hvp_finite_difference(loss_fn, iterates[k], xs, ys, u, hp.fd_eps)
+                hu = hvp_finite_difference(
+                    loss_fn, iterates[k], xs, ys, u, hp.fd_eps, grad_transform(hp.batching)
+                )
             correction = tree_add(correction, hu)
         correction = tree_scale(correction, hp.ahe_scale)
         if hp.ahe_clip is not None:

@@ -7,13 +7,17 @@ signature ``loss_fn(params, x, y) -> (loss, accuracy)``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch.func import grad, jvp
+from torch.func import grad as func_grad
+from torch.func import jvp
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+GradTransform = Callable[..., Callable[..., Any]]
 
 # Guards a division by a norm that may be exactly zero (e.g. a zero correction);
 # tiny enough to change nothing else, representable in float32.
@@ -45,6 +49,39 @@ def tree_cosine(a: Params, b: Params) -> torch.Tensor:
     return tree_dot(a, b) / (tree_norm(a) * tree_norm(b)).clamp_min(TINY)
 
 
+def autograd_grad(f: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:
+    """``torch.func.grad``'s contract on plain ``torch.autograd``.
+
+    On a CPU, looping over tasks, this runs measurably faster than
+    ``torch.func.grad``, whose per-operator wrapping costs more than the small
+    convolutions of Conv-4. Nesting works like ``torch.func.grad``: when the
+    parameters already carry a graph (an outer differentiation, as in MAML),
+    the gradient keeps its own graph (create_graph) so the outer one can
+    differentiate through it; otherwise the result is detached.
+    """
+
+    def wrapped(params: Params, *args: Any):
+        nested = any(v.requires_grad for v in params.values())
+        with torch.enable_grad():
+            leaves = params if nested else {k: v.detach().requires_grad_() for k, v in params.items()}
+            out = f(leaves, *args)
+            loss, aux = out if has_aux else (out, None)
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=nested)
+        result = dict(zip(leaves, grads))
+        if not has_aux:
+            return result
+        if not nested:
+            aux = torch.utils._pytree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
+        return result, aux
+
+    return wrapped
+
+
+def grad_transform(batching: str) -> GradTransform:
+    """torch.func.grad where tasks are vmapped (vmap needs it); plain autograd in a loop."""
+    return func_grad if batching == "vmap" else autograd_grad
+
+
 def loss_only(loss_fn: LossFn) -> Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]:
     return lambda p, x, y: loss_fn(p, x, y)[0]
 
@@ -64,7 +101,8 @@ def sgd_step(params: Params, grads: Params, lr: float) -> Params:
 
 
 def first_order_adapt(
-    loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int
+    loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
+    grad: GradTransform = func_grad,
 ) -> tuple[list[Params], list[Params]]:
     """K inner SGD steps with no graph kept between them.
 
@@ -82,11 +120,12 @@ def first_order_adapt(
 
 def hvp_exact(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor, u: Params) -> Params:
     """H(θ)·u by forward-over-reverse differentiation: one jvp of the gradient."""
-    return jvp(lambda p: grad(loss_only(loss_fn))(p, x, y), (params,), (u,))[1]
+    return jvp(lambda p: func_grad(loss_only(loss_fn))(p, x, y), (params,), (u,))[1]
 
 
 def hvp_finite_difference(
-    loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor, u: Params, eps: float
+    loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor, u: Params, eps: float,
+    grad: GradTransform = func_grad,
 ) -> Params:
     """H(θ)·u ≈ ‖u‖·(∇L(θ + εû) − ∇L(θ − εû)) / 2ε with û = u/‖u‖.
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch.func import grad
 
-from gs_tune.algorithms.common import LossFn, Params, first_order_adapt, loss_with_aux, tree_cosine, tree_norm
+from gs_tune.algorithms.common import (
+    LossFn,
+    Params,
+    first_order_adapt,
+    grad_transform,
+    loss_with_aux,
+    tree_cosine,
+    tree_norm,
+)
 from gs_tune.config import AlgoHParams
 
 
@@ -14,7 +21,8 @@ def first_order_parts(
     xq: torch.Tensor, yq: torch.Tensor, hp: AlgoHParams,
 ) -> tuple[list[Params], list[Params], Params, torch.Tensor, torch.Tensor]:
     """Inner iterates, support gradients, g_Q = ∇L_Q(θ′), query loss and accuracy."""
-    iterates, support_grads = first_order_adapt(loss_fn, params, xs, ys, hp.inner_lr, hp.inner_steps)
+    grad = grad_transform(hp.batching)
+    iterates, support_grads = first_order_adapt(loss_fn, params, xs, ys, hp.inner_lr, hp.inner_steps, grad)
     query_grad, (loss, acc) = grad(loss_with_aux(loss_fn), has_aux=True)(iterates[-1], xq, yq)
     return iterates, support_grads, query_grad, loss, acc
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.func import grad
 
-from gs_tune.algorithms.common import LossFn, Params, loss_only, sgd_step, tree_norm
+from gs_tune.algorithms.common import LossFn, Params, grad_transform, loss_only, sgd_step, tree_norm
 from gs_tune.config import AlgoHParams
 
 
@@ -19,6 +18,7 @@ def maml(
     so the Hessian products Π(I − αH_S(θ_k)) come out of autodiff exactly;
     memory grows with K because every inner step's graph is kept.
     """
+    grad = grad_transform(hp.batching)
     support_grad = grad(loss_only(loss_fn))
 
     def query_loss_after_adaptation(p: Params):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 # The object store holds only small results and checkpoints here; Ray's default
 # (30% of RAM per node) would take gigabytes from the trials for nothing.
