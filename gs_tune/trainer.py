@@ -129,6 +129,10 @@ def train(
 
     start_iteration, elapsed_before, train_seconds = 0, 0.0, 0.0
     record: dict[str, Any] = {}  # the latest validation record
+    # training stats summed since the last validation; checkpointed so a resumed
+    # run averages over the same iterations as an uninterrupted one
+    sums = {k: 0.0 for k in STAT_NAMES}
+    counted = 0
     if resume_from is not None:
         path = Path(resume_from)
         state = torch.load(path / CHECKPOINT_NAME if path.is_dir() else path, map_location=device)
@@ -138,6 +142,7 @@ def train(
         start_iteration, elapsed_before = state["iteration"], state["elapsed_s"]
         train_seconds = state["train_seconds"]
         record = state.get("last_record", {})
+        sums, counted = state.get("sums", sums), state.get("counted", 0)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (Path(cfg.out) if cfg.out else None)
 
     def checkpoint(iteration: int, elapsed: float) -> str | None:
@@ -148,6 +153,7 @@ def train(
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "rng": rng.bit_generator.state,
             "iteration": iteration, "elapsed_s": elapsed, "train_seconds": train_seconds,
             "config": cfg.as_dict(), "last_record": record,
+            "sums": sums, "counted": counted,
         })
         return str(path)
 
@@ -157,8 +163,6 @@ def train(
 
         progress = tqdm(total=cfg.iterations, initial=start_iteration, desc=cfg.algorithm, unit="it")
     started = time.perf_counter()
-    sums = {k: 0.0 for k in STAT_NAMES}
-    counted = 0
     for iteration in range(start_iteration, cfg.iterations):
         t0 = time.perf_counter()
         lam = ahe_lambda(cfg, iteration)
@@ -196,9 +200,9 @@ def train(
             "grad_cosine": sums["grad_cosine"] / counted, "ahe_lambda": lam,
             "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_ci95": val["ci95"],
         }
-        saved = checkpoint(done, record["elapsed_s"])
         sums = {k: 0.0 for k in STAT_NAMES}
         counted = 0
+        saved = checkpoint(done, record["elapsed_s"])
         yield {**record, "checkpoint": saved}
     if progress is not None:
         progress.close()

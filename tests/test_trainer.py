@@ -58,8 +58,12 @@ def digits():
 @pytest.fixture(scope="module")
 def baseline(digits):
     """The uninterrupted SMALL run that other tests compare with."""
-    torch.set_num_threads(1)  # module fixtures run outside one_thread; the comparisons need the same count
-    return list(train(train_config(SMALL), dataset=digits))
+    before = torch.get_num_threads()  # module fixtures run outside one_thread; comparisons need the same count
+    torch.set_num_threads(1)
+    try:
+        return list(train(train_config(SMALL), dataset=digits))
+    finally:
+        torch.set_num_threads(before)
 
 
 def comparable(record: dict) -> dict:
@@ -149,12 +153,6 @@ def test_resume_between_validations_keeps_the_validation_metrics(baseline, digit
         assert resumed[1][key] == baseline[2][key], key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gs_tune/trainer.py bug: the running sums behind train_loss/train_accuracy/grad_norm/"
-    "correction_norm/grad_cosine are not checkpointed, so after resuming from a checkpoint written "
-    "between validations the next record averages only the iterations since the resume",
-)
 def test_resume_between_validations_keeps_the_training_averages(baseline, digits, tmp_path, monkeypatch):
     resumed = _resume_from_iteration_15(digits, tmp_path, monkeypatch)
     for key in ("train_loss", "train_accuracy", "grad_norm", "correction_norm", "grad_cosine"):

@@ -1,0 +1,610 @@
+"""Time and peak memory of one meta-iteration, per algorithm, batching and inner-step count.
+
+A meta-iteration is ``meta_gradient`` + one Adam step on Conv-4 (32 filters,
+28×28×1 images, 5-way, 15 queries per class, meta-batch 4, random inputs: the
+cost does not depend on the pixel values). Compared: our maml, fomaml, reptile,
+ahe with a finite-difference HVP and with the exact HVP, each with tasks
+batched by a Python loop and by vmap; and MAML / first-order MAML written with
+the ``higher`` package (``pip install higher``), the usual way, a loop over tasks.
+
+Time: one fresh subprocess per (shots, K) runs every method on its own copy of
+the model, ``--warmup`` untimed meta-iterations each, then ``--reps`` timed
+ones round-robin over the methods; the table gives each method's median. The
+interleaving matters on a shared machine: the speed of this 2-core VM drifted
+by 1.5× over minutes (other tenants), which made methods timed minutes apart
+incomparable.
+
+Peak memory: one fresh subprocess per method and configuration. On CPU it is
+the peak resident size during one meta-iteration minus the resident size just
+before it (tracemalloc cannot see torch's allocations). A warm-up iteration
+runs first, because the first call pages in libtorch code and builds caches
+(~200 MB that is no algorithm's); then freed heap goes back to the system
+(malloc_trim) and the kernel's peak counter is reset (/proc/self/clear_refs),
+so VmHWM afterwards is this iteration's peak (not ``ru_maxrss``, which also
+holds the parent's size at fork time). That process runs with a fixed glibc
+mmap threshold (see MEMORY_ENV). On CUDA it is ``torch.cuda.max_memory_allocated``
+minus what was allocated before.
+
+    python benchmarks/meta_gradient_cost.py                  # full CPU run, ~10 minutes on 2 cores
+    python benchmarks/meta_gradient_cost.py --quick          # K in {1, 5}, fewer reps
+    python benchmarks/meta_gradient_cost.py --device cuda --out /tmp/bench_meta_cuda.txt
+    python benchmarks/meta_gradient_cost.py --profile        # ours vs plain autograd vs higher, ~3 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+INNER_LR = 0.4
+WAYS, QUERY, META_BATCH, FILTERS, IMAGE = 5, 15, 4, 32, (1, 28, 28)
+AHE = {"w_cos": 0.1, "w_l2": 0.01}  # the paper's losses; which weights are on does not change the cost
+OURS = {
+    "maml": ("maml", {}),
+    "fomaml": ("fomaml", {}),
+    "reptile": ("reptile", {}),
+    "ahe_fd": ("ahe", {**AHE, "hvp": "finite_difference"}),
+    "ahe_exact": ("ahe", {**AHE, "hvp": "exact"}),
+}
+HIGHER = {"higher_maml": False, "higher_fomaml": True}  # name -> first_order
+COLUMNS = [*OURS, *HIGHER]
+
+
+# --- worker: one measurement in its own process ------------------------------------------
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM, also ru_maxrss) to the current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _malloc_trim() -> None:
+    """Return glibc's free heap memory to the system, so that reusing it shows up as growth."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_mb(field: str) -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _rss_mb() -> float:
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_mb(device) -> float:
+    """Peak memory so far: CUDA allocations, or the peak resident size (VmHWM).
+
+    Not ``ru_maxrss``: it also counts the resident size the process had when it was
+    forked, before exec, so a child of a large parent starts with the parent's peak.
+    """
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(method: str, batching: str, model, tasks, steps: int):
+    """A closure running one meta-iteration (meta-gradient + Adam step) of ``method``."""
+    import torch
+
+    from gs_tune.meta import meta_gradient
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if method in OURS:
+        algorithm, kw = OURS[method]
+
+        def step() -> None:
+            grads, _ = meta_gradient(
+                model, tasks, algorithm, inner_lr=INNER_LR, inner_steps=steps, batching=batching, **kw
+            )
+            for name, p in model.named_parameters():
+                p.grad = grads[name]
+            optimiser.step()
+
+        return step
+
+    first_order = HIGHER[method]
+
+    def step() -> None:
+        optimiser.zero_grad(set_to_none=False)
+        higher_meta_gradient(model, tasks, steps, first_order)
+        optimiser.step()
+
+    return step
+
+
+def higher_meta_gradient(model, tasks, steps: int, first_order: bool) -> None:
+    """(First-order) MAML with ``higher``, accumulated into ``p.grad``: the usual loop over tasks."""
+    import higher
+    import torch
+    import torch.nn.functional as F
+
+    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    params = list(model.parameters())
+    for t in range(tasks.num_tasks):
+        xs, ys, xq, yq = (tensor[t] for tensor in tasks)
+        with higher.innerloop_ctx(
+            model, inner_opt, copy_initial_weights=False, track_higher_grads=not first_order
+        ) as (fmodel, diffopt):
+            for _ in range(steps):
+                diffopt.step(F.cross_entropy(fmodel(xs), ys))
+            loss = F.cross_entropy(fmodel(xq), yq) / tasks.num_tasks
+            if first_order:  # the fast weights are detached leaves: their gradient is g_Q
+                grads = torch.autograd.grad(loss, list(fmodel.fast_params))
+                for p, g in zip(params, grads):
+                    p.grad.add_(g)
+            else:
+                loss.backward()
+
+
+def make_setup(device_name: str, shots: int, seed: int = 0, dtype=None):
+    import torch
+
+    from gs_tune.data import TaskBatch
+    from gs_tune.models import build_model
+
+    device = torch.device(device_name)
+    dtype = dtype or torch.float32
+    model = build_model("conv4", IMAGE, WAYS, FILTERS, torch.Generator().manual_seed(seed)).to(device, dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    tasks = TaskBatch(
+        torch.rand(META_BATCH, WAYS * shots, *IMAGE, generator=gen),
+        torch.arange(WAYS).repeat_interleave(shots).expand(META_BATCH, -1).contiguous(),
+        torch.rand(META_BATCH, WAYS * QUERY, *IMAGE, generator=gen),
+        torch.arange(WAYS).repeat_interleave(QUERY).expand(META_BATCH, -1).contiguous(),
+    ).to(device, dtype)
+    return device, model, tasks
+
+
+def _prepared_step(device, model, tasks, method: str, batching: str, steps: int):
+    import torch
+
+    step = make_step(method, batching, model, tasks, steps)
+    for p in model.parameters():  # higher's first-order variant accumulates into .grad
+        p.grad = torch.zeros_like(p)
+    return step
+
+
+def timing_worker(spec: dict) -> dict:
+    """Seconds per meta-iteration of several methods on one configuration, interleaved.
+
+    Each method gets its own copy of the model and its own Adam; after the warm-up the
+    timed reps go round-robin over the methods (in a rotating order), so that a change in
+    machine speed while they run (other processes, a shared host) hits all of them alike
+    and the ratios between them stay fair.
+    """
+    import copy
+
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device, model, tasks = make_setup(spec["device"], spec["shots"])
+    entries = [tuple(e) for e in spec["entries"]]
+    steps = {e: _prepared_step(device, copy.deepcopy(model), tasks, *e, spec["steps"]) for e in entries}
+    for e in entries:
+        for _ in range(spec["warmup"]):
+            steps[e]()
+    times: dict[tuple, list[float]] = {e: [] for e in entries}
+    for r in range(spec["reps"]):
+        for e in entries[r % len(entries):] + entries[: r % len(entries)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            steps[e]()
+            _sync(device)
+            times[e].append(time.perf_counter() - t0)
+    return {"results": [[*e, statistics.median(t), min(t)] for e, t in times.items()],
+            "load": os.getloadavg()[0], "threads": torch.get_num_threads()}
+
+
+def memory_worker(spec: dict) -> dict:
+    """Peak memory of one meta-iteration of one method, above what was resident after the warm-up."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device, model, tasks = make_setup(spec["device"], spec["shots"])
+    step = _prepared_step(device, model, tasks, spec["method"], spec["batching"], spec["steps"])
+    for _ in range(spec["warmup"]):
+        step()
+    _sync(device)
+    # Baseline after the warm-up: the first call faults in code pages of libtorch and builds caches,
+    # one-off resident memory that is not this algorithm's. Freed heap is handed back first.
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        _malloc_trim()
+        baseline = _rss_mb() if _reset_peak() else _peak_mb(device)
+    step()
+    _sync(device)
+    return {"peak_mb": _peak_mb(device) - baseline}
+
+
+# With glibc's default, dynamic mmap threshold, freed blocks are kept in the heap or
+# not, depending on history, and the same run's peak RSS varied by ±30 MB; a fixed
+# threshold makes every large block an mmap that is returned on free, so RSS follows
+# live memory (repeat runs agree to 0.5 MB). It also makes every allocation slower
+# (up to 2× on this workload), so memory and time are measured in separate processes.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def run_worker(kind: str, spec: dict, env: dict | None = None) -> dict:
+    """Run :func:`timing_worker` or :func:`memory_worker` in a fresh interpreter."""
+    proc = subprocess.run(
+        [sys.executable, __file__, f"--{kind}-worker", json.dumps(spec)], capture_output=True, text=True,
+        cwd=ROOT, check=False, env={**os.environ, **(env or {})},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed for {spec}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- sanity check: higher computes the same meta-gradients as ours -----------------------------
+
+
+def check_against_higher(device_name: str) -> dict[str, float]:
+    import torch
+
+    from gs_tune.meta import meta_gradient
+
+    errors = {}
+    for method, ours in (("higher_maml", "maml"), ("higher_fomaml", "fomaml")):
+        _, model, tasks = make_setup(device_name, shots=1, dtype=torch.float64)
+        grads, _ = meta_gradient(model, tasks, ours, inner_lr=INNER_LR, inner_steps=2)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        higher_meta_gradient(model, tasks, 2, first_order=HIGHER[method])
+        ours_flat = torch.cat([grads[n].reshape(-1) for n, _ in model.named_parameters()])
+        ref = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        errors[method] = float((ours_flat - ref).norm() / ref.norm())
+    return errors
+
+
+# --- profile: where our time goes (--profile) ------------------------------------------------
+
+
+def autograd_meta_gradient(model, tasks, algorithm: str, steps: int, eps: float = 1e-5):
+    """Our algorithms re-written with ``torch.autograd.grad`` (not ``torch.func.grad``) and
+    ``functional_call``: what the same computation costs without functorch's transforms."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    names = [n for n, _ in model.named_parameters()]
+    theta = [p.detach() for p in model.parameters()]
+
+    def loss(ps, x, y):
+        return F.cross_entropy(functional_call(model, dict(zip(names, ps)), (x,)), y)
+
+    total = [torch.zeros_like(p) for p in theta]
+    for t in range(tasks.num_tasks):
+        xs, ys, xq, yq = (tensor[t] for tensor in tasks)
+        start = [p.clone().requires_grad_(True) for p in theta]
+        ps = start
+        for _ in range(steps):
+            g = torch.autograd.grad(loss(ps, xs, ys), ps, create_graph=algorithm == "maml")
+            ps = [p - INNER_LR * gi for p, gi in zip(ps, g)]
+            if algorithm != "maml":
+                ps = [p.detach().requires_grad_(True) for p in ps]
+        grads = torch.autograd.grad(loss(ps, xq, yq), start if algorithm == "maml" else ps)
+        if algorithm == "ahe_fd":  # + H_S(θ)·u by a central difference: two more support gradients
+            u = [-0.1 * g for g in grads]
+            norm = torch.sqrt(sum((a * a).sum() for a in u))
+            plus = [(p + eps * a / norm).requires_grad_(True) for p, a in zip(theta, u)]
+            minus = [(p - eps * a / norm).requires_grad_(True) for p, a in zip(theta, u)]
+            gp = torch.autograd.grad(loss(plus, xs, ys), plus)
+            gm = torch.autograd.grad(loss(minus, xs, ys), minus)
+            grads = [g + (a - b) * (norm / (2 * eps)) for g, a, b in zip(grads, gp, gm)]
+        total = [s + g for s, g in zip(total, grads)]
+    return [s / tasks.num_tasks for s in total]
+
+
+def code_version() -> str:
+    """Commit and a hash of gs_tune/'s sources as they are on disk (the tree may be uncommitted)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in sorted((ROOT / "gs_tune").rglob("*.py")):
+        digest.update(path.read_bytes())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT, check=False).stdout.strip()
+    except OSError:
+        commit = "?"
+    return f"commit {commit or '?'}, gs_tune sources sha1 {digest.hexdigest()[:10]}"
+
+
+def _median_ms(fn, reps: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def profile(args) -> str:
+    """Per-gradient and per-meta-gradient costs of ours vs plain autograd vs higher, in-process."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad
+
+    from gs_tune.meta import make_loss_fn, meta_gradient
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps = args.reps or 7
+    header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"load average {os.getloadavg()[0]:.2f}; {code_version()}")
+    columns = ("| images | torch.func.grad + functional_call | autograd.grad + functional_call "
+               "| autograd.grad on the module | same, channels_last model and input |")
+    lines = ["# Profile: where the time goes (in-process, medians in ms)", "", header, "",
+             "## One gradient of the loss (Conv-4, 32 filters, 28×28×1)", "", columns, "|---|---|---|---|---|"]
+    _, model, _ = make_setup(args.device, 1)
+    _, model_cl, _ = make_setup(args.device, 1)
+    model_cl = model_cl.to(memory_format=torch.channels_last)
+    loss_fn = make_loss_fn(model)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    leaves = {k: p.clone().requires_grad_(True) for k, p in params.items()}
+
+    def by_func(x, y):
+        return grad(lambda p: loss_fn(p, x, y)[0])(params)
+
+    def by_autograd(x, y):
+        loss = F.cross_entropy(functional_call(model, leaves, (x,)), y)
+        return torch.autograd.grad(loss, list(leaves.values()))
+
+    def on_module(m, x, y):
+        return torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters()))
+
+    for n in (5, 25, 75):
+        x = torch.rand(n, *IMAGE, device=args.device)
+        y = torch.arange(WAYS, device=args.device).repeat_interleave(n // WAYS)
+        # a 1-channel NCHW tensor also passes as channels_last; give it channels_last strides for real
+        x_cl = torch.empty_strided(x.shape, (x[0].numel(), 1, x.shape[-1], 1), device=args.device)
+        x_cl.copy_(x)
+        cells = [_median_ms(partial(by_func, x, y), reps * 3), _median_ms(partial(by_autograd, x, y), reps * 3),
+                 _median_ms(partial(on_module, model, x, y), reps * 3),
+                 _median_ms(partial(on_module, model_cl, x_cl, y), reps * 3)]
+        lines.append(f"| {n} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    lines += ["", "## One meta-gradient (4 tasks, loop): ours vs the same with autograd.grad vs higher", "",
+              "| shots | K | algorithm | ours | autograd.grad | higher | ours/autograd | ours/higher |",
+              "|---|---|---|---|---|---|---|---|"]
+    for shots in args.shots:
+        _, model, tasks = make_setup(args.device, shots)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        for k in (1, 5):
+            for name, algorithm, kw in (("fomaml", "fomaml", {}), ("maml", "maml", {}),
+                                        ("ahe_fd", "ahe", {"w_dot": 0.1})):
+                ours = _median_ms(partial(meta_gradient, model, tasks, algorithm, inner_lr=INNER_LR,
+                                          inner_steps=k, batching="loop", **kw), reps)
+                plain = _median_ms(partial(autograd_meta_gradient, model, tasks, name, k), reps)
+                theirs = None
+                if name != "ahe_fd":
+                    theirs = _median_ms(partial(higher_meta_gradient, model, tasks, k, name == "fomaml"), reps)
+                lines.append(f"| {shots} | {k} | {name} | {ours:.0f} | {plain:.0f} | {fmt(theirs, 0)} | "
+                             f"{ours / plain:.2f} | {fmt(ratio(ours, theirs), 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def render(results: dict, args, shots_list, ks, batchings, sanity, started, finished, threads) -> str:
+    def get(shots, k, method, batching, key="seconds"):
+        r = results.get((shots, k, method, batching))
+        return None if r is None else r[key]
+
+    lines = []
+    w = lines.append
+    w("# Meta-iteration cost: Conv-4 (32 filters, 28×28×1), 5-way, 15 queries, meta-batch 4")
+    w("")
+    w(f"device: {args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+      f"torch threads: {threads}, reps: {args.reps} (median, interleaved over the methods) after "
+      f"{args.warmup} warm-up, float32, inner_lr {INNER_LR}; "
+      f"load average {started:.2f} at start, {finished:.2f} at end")
+    w("")
+    w(f"code: {code_version()}, torch {args.torch_version}")
+    w("")
+    w("`higher_*`: MAML / first-order MAML written with `higher.innerloop_ctx` (loop over tasks only). "
+      "ahe: w_cos 0.1, w_l2 0.01, correction at θ (first_step).")
+    w("")
+    w("Sanity: ‖ours − higher‖/‖higher‖ of the meta-gradient (float64, K=2): "
+      + ", ".join(f"{k} {v:.1e}" for k, v in sanity.items()))
+    for title, key, digits in (("Seconds per meta-iteration", "seconds", 3), ("Peak extra memory (MB)", "peak_mb", 0)):
+        w("")
+        w(f"## {title}")
+        w("")
+        w("| shots | K | batching | " + " | ".join(COLUMNS) + " |")
+        w("|---|---|---|" + "---|" * len(COLUMNS))
+        for shots in shots_list:
+            for k in ks:
+                for b in batchings:
+                    cells = [fmt(get(shots, k, m, b, key), digits) for m in COLUMNS]
+                    w(f"| {shots} | {k} | {b} | " + " | ".join(cells) + " |")
+    w("")
+    w("## Time ratios (lower is cheaper)")
+    w("")
+    w("`ours/higher`: our time over higher's (loop) for the same algorithm.")
+    w("")
+    w("| shots | K | batching | ahe_fd/fomaml | ahe_fd/maml | maml ours/higher | fomaml ours/higher |")
+    w("|---|---|---|---|---|---|---|")
+    for shots in shots_list:
+        for k in ks:
+            for b in batchings:
+                t = {m: get(shots, k, m, b) for m in OURS}
+                hm, hf = get(shots, k, "higher_maml", "loop"), get(shots, k, "higher_fomaml", "loop")
+                cells = [ratio(t["ahe_fd"], t["fomaml"]), ratio(t["ahe_fd"], t["maml"]),
+                         ratio(t["maml"], hm), ratio(t["fomaml"], hf)]
+                w(f"| {shots} | {k} | {b} | " + " | ".join(fmt(c, 2) for c in cells) + " |")
+    if set(batchings) == {"loop", "vmap"}:
+        w("")
+        w("## vmap / loop (time; peak memory)")
+        w("")
+        w("| shots | K | " + " | ".join(OURS) + " |")
+        w("|---|---|" + "---|" * len(OURS))
+        for shots in shots_list:
+            for k in ks:
+                cells = []
+                for m in OURS:
+                    tr = ratio(get(shots, k, m, "vmap"), get(shots, k, m, "loop"))
+                    mr = ratio(get(shots, k, m, "vmap", "peak_mb"), get(shots, k, m, "loop", "peak_mb"))
+                    cells.append(f"{fmt(tr, 2)}; {fmt(mr, 2)}")
+                w(f"| {shots} | {k} | " + " | ".join(cells) + " |")
+    lines += render_targets(get, shots_list, ks, args)
+    return "\n".join(lines) + "\n"
+
+
+def render_targets(get, shots_list, ks, args) -> list[str]:
+    import torch
+
+    from gs_tune.meta import resolve_batching
+
+    b = resolve_batching("auto", torch.device(args.device))
+    out = ["", f"## Targets (batching `{b}`, the default on {args.device})", "",
+           "| target | shots | measured | pass |", "|---|---|---|---|"]
+    verdicts = []
+
+    def row(name, shots, value, ok, text):
+        verdicts.append(ok)
+        out.append(f"| {name} | {shots} | {text if value is not None else '—'} | "
+                   f"{'—' if ok is None else ('PASS' if ok else 'FAIL')} |")
+
+    for shots in shots_list:
+        if 5 in ks:
+            r = ratio(get(shots, 5, "ahe_fd", b), get(shots, 5, "fomaml", b))
+            row("ahe_fd ≤ 1.25× fomaml at K=5", shots, r, None if r is None else r <= 1.25, f"{fmt(r, 2)}×")
+            r = ratio(get(shots, 5, "ahe_fd", b), get(shots, 5, "maml", b))
+            row("ahe_fd ≤ 0.75× maml at K=5", shots, r, None if r is None else r <= 0.75, f"{fmt(r, 2)}×")
+        if 10 in ks:
+            r = ratio(get(shots, 10, "ahe_fd", b), get(shots, 10, "maml", b))
+            row("ahe_fd ≤ 0.6× maml at K=10", shots, r, None if r is None else r <= 0.6, f"{fmt(r, 2)}×")
+        kmax = max(ks)
+        if kmax > 1:
+            for method in ("ahe_fd", "ahe_exact"):
+                a1, an = get(shots, 1, method, b, "peak_mb"), get(shots, kmax, method, b, "peak_mb")
+                m1, mn = get(shots, 1, "maml", b, "peak_mb"), get(shots, kmax, "maml", b, "peak_mb")
+                r, rm = ratio(an, a1), ratio(mn, m1)
+                ok = None if r is None or rm is None else (r <= 1.2 and rm > r)
+                row(f"{method} peak memory K={kmax} ≤ 1.2× K=1, maml's grows", shots, r, ok,
+                    f"{method} {fmt(an, 0)}/{fmt(a1, 0)} MB = {fmt(r, 2)}×; maml {fmt(mn, 0)}/{fmt(m1, 0)} MB "
+                    f"= {fmt(rm, 2)}×")
+        for k in ks:
+            for ours, theirs in (("maml", "higher_maml"), ("fomaml", "higher_fomaml")):
+                r = ratio(get(shots, k, theirs, "loop"), get(shots, k, ours, b))
+                row(f"our {ours} ≥ 1.2× faster than higher (K={k})", shots, r,
+                    None if r is None else r >= 1.2, f"{fmt(r, 2)}× faster")
+    passed = sum(v is True for v in verdicts)
+    out += ["", f"{passed}/{sum(v is not None for v in verdicts)} targets met."]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--reps", type=int, default=None, help="timed meta-iterations (default 5, --quick 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed meta-iterations before timing")
+    parser.add_argument("--quick", action="store_true", help="K in {1, 5} only and 3 reps")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--batching", nargs="+", default=["loop", "vmap"], choices=["loop", "vmap"])
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: in-process profile of ours vs plain autograd vs higher")
+    parser.add_argument("--timing-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.timing_worker:
+        print(json.dumps(timing_worker(json.loads(args.timing_worker))))
+        return
+    if args.memory_worker:
+        print(json.dumps(memory_worker(json.loads(args.memory_worker))))
+        return
+    if args.profile:
+        text = profile(args)
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return
+    args.reps = args.reps or (3 if args.quick else 5)
+    ks = [1, 5] if args.quick else [1, 5, 10]
+
+    import torch
+
+    args.torch_version = torch.__version__
+    sanity = check_against_higher(args.device)
+    started = os.getloadavg()[0]
+    results = {}
+    threads = None
+    t_all = time.perf_counter()
+    for shots in args.shots:
+        for k in ks:
+            entries = [[m, b] for m in COLUMNS for b in (args.batching if m in OURS else ["loop"])]
+            spec = {"device": args.device, "shots": shots, "steps": k, "reps": args.reps, "warmup": args.warmup,
+                    "threads": args.threads}
+            timing = run_worker("timing", {**spec, "entries": entries})
+            threads = timing["threads"]
+            for method, b, seconds, fastest in timing["results"]:
+                memory = run_worker("memory", {**spec, "method": method, "batching": b, "warmup": 1},
+                                    env=MEMORY_ENV if args.device == "cpu" else None)
+                results[(shots, k, method, b)] = {"seconds": seconds, "min": fastest, **memory}
+                print(f"shots={shots} K={k:2d} {method:14s} {b:4s} {seconds:7.3f} s (min {fastest:.3f})  "
+                      f"{memory['peak_mb']:7.1f} MB  load {timing['load']:.2f}", file=sys.stderr, flush=True)
+    print(f"total {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
+    text = render(results, args, args.shots, ks, args.batching, sanity, started, os.getloadavg()[0], threads)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
