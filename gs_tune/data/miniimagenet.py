@@ -30,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from gs_tune.data.images import read_image
 from gs_tune.data.tasks import SPLITS, ClassSplit, FewShotDataset
 from gs_tune.errors import DataError
 
@@ -64,14 +65,7 @@ def read_csv(path: Path) -> list[tuple[str, str]]:
 def _load_jpeg(path: Path, size: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"miniimagenet: image {path} listed in the split csv not found")
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"miniimagenet: cannot read image {path}: {e}") from e
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), resample=Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return read_image(path, "RGB", size, Image.Resampling.BILINEAR, "miniimagenet").transpose(2, 0, 1)
 
 
 def _decode_split(

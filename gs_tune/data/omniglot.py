@@ -30,8 +30,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from gs_tune.data.images import read_image
 from gs_tune.data.tasks import ClassSplit, FewShotDataset
 from gs_tune.errors import DataError
 
@@ -76,14 +77,8 @@ def split_sizes(n: int) -> tuple[int, int, int]:
 
 
 def _load_png(path: Path, size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            gray = img.convert("L")
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"omniglot: cannot read image {path}: {e}") from e
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), resample=Image.Resampling.LANCZOS)
-    return 1.0 - np.asarray(gray, dtype=np.float32) / 255.0
+    gray = read_image(path, "L", size, Image.Resampling.LANCZOS, "omniglot")
+    return 1.0 - gray.astype(np.float32) / 255.0
 
 
 def _character_images(path: Path, size: int) -> np.ndarray:
