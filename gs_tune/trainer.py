@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from gs_tune.algorithms import STAT_NAMES
 from gs_tune.config import TrainConfig
 from gs_tune.data import FewShotDataset, TaskBatch, TaskSampler, load_dataset
 from gs_tune.errors import ConfigError
+from gs_tune.fileio import atomic_write, atomic_write_text
 from gs_tune.meta import adapt_and_evaluate, meta_gradient
 from gs_tune.models import build_model
 
@@ -86,15 +86,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def train(
@@ -223,6 +217,6 @@ def train(
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         result = {"config": cfg.as_dict(), **{k: v for k, v in final.items() if k != "kind"}}
-        _atomic_write(out / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+        atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     if test_sampler is not None or cfg.out:
         yield final

@@ -13,22 +13,16 @@ Run directory layout (everything a user needs afterwards):
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from gs_tune.errors import RunDirError
+from gs_tune.fileio import atomic_write_text
 from gs_tune.search.space import SearchSpace, load_space, parse_space
 
 EXPERIMENT = "tune"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def launch(
@@ -56,8 +50,8 @@ def launch(
         "ray_storage": f"{storage.rstrip('/')}/{run_name}" if storage else str(run_dir), "experiment": EXPERIMENT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(run_dir / "space.yaml", space.to_yaml())
-    _write_atomic(run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(run_dir / "space.yaml", space.to_yaml())
+    atomic_write_text(run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
     return _run(space, run_dir, meta, address=address, dashboard=dashboard,
                 object_store_memory=object_store_memory, restore=False)
 
