@@ -100,6 +100,11 @@ def trials_schema(param_types: Mapping[str, type | pa.DataType]) -> pa.Schema:
     return _schema(fields, "trials")
 
 
+def trial_params(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A trials.parquet row's parameters by name; null (not sampled) ones are left out."""
+    return {k[len(PARAM_PREFIX):]: v for k, v in row.items() if k.startswith(PARAM_PREFIX) and v is not None}
+
+
 def param_types_of(schema: pa.Schema) -> dict[str, pa.DataType]:
     """Inverse of :func:`trials_schema`: the parameter types held in a trials schema."""
     return {f.name[len(PARAM_PREFIX):]: f.type for f in schema if f.name.startswith(PARAM_PREFIX)}

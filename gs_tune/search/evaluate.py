@@ -31,6 +31,7 @@ import yaml
 
 from gs_tune.config import ALGORITHMS, TrainConfig, train_config
 from gs_tune.errors import ConfigError, RunDirError
+from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
 from gs_tune.search.space import SearchSpace, parse_space
 
@@ -65,7 +66,7 @@ def _load_run(run_dir: Path) -> tuple[SearchSpace, list[dict[str, Any]]]:
 
 def _trial_values(space: SearchSpace, row: Mapping[str, Any]) -> dict[str, Any]:
     """Fixed values of the space plus the trial's param_ columns (null = not sampled = default)."""
-    params = {k[len("param_"):]: v for k, v in row.items() if k.startswith("param_") and v is not None}
+    params = trial_params(row)
     values = {**space.fixed, **params}
     return {k: v for k, v in values.items() if k not in RUNTIME_KEYS}
 

@@ -80,8 +80,8 @@ def _run(
         print(f"gs-tune: run directory {run_dir}", flush=True)
         print(f"gs-tune: Ray {cluster.description}", flush=True)
         tuner = _build_tuner(space, run_dir, meta, cluster.has_gpus, restore)
-        results = tuner.fit()
-    interrupted = _summarise(space, run_dir, meta, results)
+        tuner.fit()
+    interrupted = _summarise(space, run_dir, meta)
     if interrupted:
         print(f"gs-tune: search interrupted; continue it with: gs-tune resume {run_dir}", file=sys.stderr)
     return run_dir
@@ -161,20 +161,23 @@ def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def _summarise(space: SearchSpace, run_dir: Path, meta: dict[str, Any], results) -> bool:
+def _summarise(space: SearchSpace, run_dir: Path, meta: dict[str, Any]) -> bool:
     """Print the best trial and how to open the results; True when the search did not finish."""
+    from gs_tune.results.analysis import rank, resolve_objectives
+    from gs_tune.results.schema import trial_params
     from gs_tune.results.tables import read_trials
 
-    trials = read_trials(run_dir).to_pylist() if (run_dir / "trials.parquet").exists() else []
+    table = read_trials(run_dir) if (run_dir / "trials.parquet").exists() else None
+    trials = table.to_pylist() if table is not None else []
     done = [t for t in trials if t["status"] in ("completed", "early_stopped")]
-    metric, mode = space.metrics[0], space.modes[0]
-    column = {"val_accuracy": "best_val_accuracy", "val_loss": "best_val_loss"}.get(metric, "final_val_accuracy")
-    scored = [t for t in done if t.get(column) is not None]
+    # the same objective and ranking as `gs-tune results`, so the two never disagree
+    objectives, _ = resolve_objectives(run_dir, table.column_names if table is not None else [])
+    ranked = rank(done, objectives[0])
     print()
     print(f"gs-tune: {len(trials)} trials ({len(done)} finished) in {run_dir}")
-    if scored:
-        best = (max if mode == "max" else min)(scored, key=lambda t: t[column])
-        params = {k[len("param_"):]: v for k, v in best.items() if k.startswith("param_") and v is not None}
+    if ranked:
+        best = ranked[0]
+        params = trial_params(best)
         searched = {p.name for p in space.params}
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items() if k in searched)
         ci = best.get("final_val_ci95")
