@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gs_tune.errors import ConfigError, GsTuneError
 
 
 def _read_yaml_config(path: str) -> dict[str, Any]:
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
@@ -98,9 +98,23 @@ def cmd_launch(args: argparse.Namespace) -> int:
         args.space, name=args.name, runs_dir=args.runs_dir, num_samples=args.num_samples,
         max_concurrent=args.max_concurrent, smoke=args.smoke, address=args.address,
         storage=args.storage, storage_optuna=args.storage_optuna, gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial, dashboard=args.dashboard,
+        cpus_per_trial=args.cpus_per_trial, dashboard=args.dashboard, fix=_fixes(args.fix),
     )
     return 0
+
+
+def _fixes(items: list[str]) -> dict[str, Any]:
+    """--fix KEY=VALUE pairs; VALUE is read as YAML, so 0.1 is a number and maml a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("fix", f"expects KEY=VALUE (e.g. algorithm=maml), got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError("fix", f"cannot read the value of {item!r}") from None
+    return out
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -178,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (0.25)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local cluster")
+    p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
+                   help="pin a field of the space, searched or fixed (repeatable): --fix algorithm=maml")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("resume", help="continue an interrupted search")
@@ -197,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="retrain the best configuration and baselines, score on the test split")
     p.add_argument("run_dir")
     p.add_argument("--baselines", default="maml,fomaml,reptile", help="comma-separated baselines")
-    p.add_argument("--baselines-run", help="run directory of a baselines.yaml search to take their configs from")
+    p.add_argument("--baselines-run", action="append", default=[],
+                   help="run directory of a baselines search to take their configs from (repeat it to "
+                        "pool one run per algorithm: the best trial per algorithm wins)")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per method (default 3)")
     p.add_argument("--tasks", type=int, default=600, help="test tasks per seed (default 600)")
     p.add_argument("--smoke", action="store_true", help="tiny budget, for checking the pipeline")

@@ -25,6 +25,7 @@ SCHEDULES = ("constant", "linear_warmup", "linear_decay", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 BATCHING = ("auto", "vmap", "loop")
 DTYPES = ("float32", "float64")
+META_TRAIN_SPLITS = ("train", "train+val")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class TrainConfig:
     """K-shot: support examples per class."""
     query: int = 15
     """Q: query examples per class."""
+    meta_train_splits: str = "train"
+    """Classes meta-training draws tasks from: train, or train+val for a final retraining once the
+    search has used val to pick the configuration (val records then score seen classes)."""
     # model
     model: str = "conv4"
     """conv4 (4 × conv-BN-ReLU-pool, MAML's network) or mlp."""
@@ -154,6 +158,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "device": DEVICES,
     "batching": BATCHING,
     "dtype": DTYPES,
+    "meta_train_splits": META_TRAIN_SPLITS,
 }
 _POSITIVE = {
     "inner_lr", "inner_steps", "outer_lr", "iterations", "meta_batch", "ways", "shots",

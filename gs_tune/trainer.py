@@ -107,7 +107,8 @@ def train(
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
     data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
-    train_sampler = TaskSampler(data.train, cfg.ways, cfg.shots, cfg.query, "train")
+    train_sampler = TaskSampler(data.meta_train(cfg.meta_train_splits), cfg.ways, cfg.shots, cfg.query,
+                                cfg.meta_train_splits)
     val_sampler = TaskSampler(data.val, cfg.ways, cfg.shots, cfg.query, "val")
     test_sampler = TaskSampler(data.test, cfg.ways, cfg.shots, cfg.query, "test") if cfg.test_tasks else None
 

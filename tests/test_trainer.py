@@ -19,6 +19,7 @@ import torch
 from gs_tune import trainer
 from gs_tune.config import train_config
 from gs_tune.data import load_dataset
+from gs_tune.errors import ConfigError
 from gs_tune.trainer import CHECKPOINT_NAME, ahe_lambda, train
 
 SMALL = {
@@ -253,3 +254,21 @@ def test_conv4_learns_digits(digits):
     assert final["kind"] == "test"
     assert final["test_accuracy"] >= 0.35, final
     assert records[-2]["val_accuracy"] >= 0.35, records[-2]
+
+
+def test_train_val_meta_training_draws_val_classes_too(digits, monkeypatch):
+    drawn = []  # (tasks drawn, classes of the sampler) per draw
+    original = trainer.TaskSampler.sample
+
+    def spy(self, num_tasks, rng):
+        drawn.append((num_tasks, len(self._by_class)))
+        return original(self, num_tasks, rng)
+
+    monkeypatch.setattr(trainer.TaskSampler, "sample", spy)
+    cfg = train_config(SMALL, iterations=2, val_every=2, test_tasks=0, meta_train_splits="train+val")
+    list(train(cfg, dataset=digits))
+    assert cfg.meta_batch != cfg.val_tasks
+    assert drawn.count((cfg.val_tasks, digits.val.num_classes)) == 1
+    assert drawn.count((cfg.meta_batch, digits.train.num_classes + digits.val.num_classes)) == 2
+    with pytest.raises(ConfigError, match="meta_train_splits"):
+        train_config(SMALL, meta_train_splits="val")

@@ -84,6 +84,20 @@ class FewShotDataset:
             raise DataError(f"split: got {name!r}, allowed: {', '.join(SPLITS)}")
         return getattr(self, name)
 
+    def meta_train(self, splits: str) -> ClassSplit:
+        """The classes meta-training samples from: "train", or "train+val" (both splits' classes
+        side by side, labels of val shifted past train's) for a final retraining."""
+        if splits == "train":
+            return self.train
+        if splits != "train+val":
+            raise DataError(f"meta_train_splits: got {splits!r}, allowed: train, train+val")
+        offset = self.train.num_classes
+        return ClassSplit(
+            images=np.concatenate([self.train.images, self.val.images]),
+            labels=np.concatenate([self.train.labels, self.val.labels + offset]),
+            class_names=self.train.class_names + self.val.class_names,
+        )
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]

@@ -5,9 +5,12 @@ Protocol, i.e. what the printed numbers mean:
 
 * The best trial is the finished (completed or early_stopped) trial with the highest
   best_val_accuracy, also for multi-objective spaces: the comparison here is in accuracy.
-* Retraining meta-trains on the **train split only**: the trainer has no train+val mode, and the
-  val split already did its job by selecting the configuration during the search. Here its records
-  are ignored (nothing is selected or stopped on them), so the test numbers carry no selection bias.
+* Retraining meta-trains on **train+val** (``meta_train_splits``): the val split has done its job
+  by selecting the configuration, and its classes are more data for the final model. The
+  retraining's val records then score seen classes and are ignored (nothing is selected or stopped
+  on them); the test split was never seen by the search or the retraining.
+* Baselines take the best trial per algorithm over every ``--baselines-run`` given (one
+  baselines.yaml run, or one run per algorithm for an equal trial budget each).
 * Seeds are EVAL_SEED_BASE, EVAL_SEED_BASE + 1, … (skipping the search's own seeds), so no
   initialisation, task stream or test task set of the search is reused. Methods share seeds, so
   every method is scored on the same test tasks for a given seed (a paired comparison).
@@ -43,7 +46,8 @@ EVAL_SEED_BASE = 1000
 SMOKE_TASKS, SMOKE_SEEDS = 20, 2  # --smoke caps: enough to exercise every step, not to compare
 FINISHED = ("completed", "early_stopped")
 # Set by this module for every run, whatever the trial recorded.
-RUNTIME_KEYS = ("device", "progress", "out", "tensorboard", "seed", "test_tasks")
+RUNTIME_KEYS = ("device", "progress", "out", "tensorboard", "seed", "test_tasks", "meta_train_splits")
+RETRAIN_SPLITS = "train+val"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +86,8 @@ def _untuned(space: SearchSpace, algorithm: str) -> dict[str, Any]:
     return {**UNTUNED_DEFAULTS.get(algorithm, {}), **space.fixed, "algorithm": algorithm}
 
 
-def _methods(run_dir: Path, baselines: Sequence[str], baselines_run: str | None) -> tuple[SearchSpace, list[Method]]:
+def _methods(run_dir: Path, baselines: Sequence[str],
+             baselines_runs: Sequence[str]) -> tuple[SearchSpace, list[Method]]:
     space, rows = _load_run(run_dir)
     best = _best(rows, f"run_dir: {run_dir}")
     tuned = _trial_values(space, best)
@@ -91,20 +96,22 @@ def _methods(run_dir: Path, baselines: Sequence[str], baselines_run: str | None)
           f"{best['best_val_accuracy'] * 100:.2f}%")
     methods = [Method(f"{algo} (tuned)", "tuned", tuned), Method(f"{algo} (default)", "default",
                                                                _untuned(space, algo))]
-    if baselines_run is not None:
-        b_dir = Path(baselines_run)
+    b_trials: list[tuple[dict[str, Any], Mapping[str, Any]]] = []  # (values, row) of every run given
+    for b_run in baselines_runs:
+        b_dir = Path(b_run)
         if not b_dir.is_dir():
-            raise RunDirError(f"baselines_run: {baselines_run} is not a directory")
+            raise RunDirError(f"baselines_run: {b_run} is not a directory")
         b_space, b_rows = _load_run(b_dir)
+        b_trials += [(_trial_values(b_space, r), r) for r in b_rows]
     for name in baselines:
         if name not in ALGORITHMS:
             raise ConfigError("baselines", f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
-        if baselines_run is None:
+        if not baselines_runs:
             methods.append(Method(name, "default", _untuned(space, name)))
             continue
-        candidates = [r for r in b_rows if _trial_values(b_space, r).get("algorithm") == name]
-        row = _best(candidates, f"baselines_run: {baselines_run} ({name})")
-        methods.append(Method(name, "baselines-run", _trial_values(b_space, row)))
+        candidates = [r for v, r in b_trials if v.get("algorithm") == name]
+        row = _best(candidates, f"baselines_run: {', '.join(baselines_runs)} ({name})")
+        methods.append(Method(name, "baselines-run", next(v for v, r in b_trials if r is row)))
     unique: list[Method] = []
     for m in methods:  # e.g. baseline ahe == "ahe (default)": training it twice would tell nothing new
         if any(train_config(m.values) == train_config(u.values) for u in unique):
@@ -136,7 +143,8 @@ def _retrain(values: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_run(
     run_dir: str | Path, *, baselines: Sequence[str] = ("maml", "fomaml", "reptile"), seeds: int = 3,
-    tasks: int = 600, baselines_run: str | None = None, smoke: bool = False, address: str | None = None,
+    tasks: int = 600, baselines_run: str | Sequence[str] | None = None, smoke: bool = False,
+    address: str | None = None,
     object_store_memory: int | None = None,
 ) -> pa.Table:
     """Retrain and test every method for every seed; write RUN_DIR/evaluation.parquet and return it."""
@@ -146,7 +154,8 @@ def evaluate_run(
     for name, value in (("seeds", seeds), ("tasks", tasks)):
         if value < 1:
             raise ConfigError(name, f"must be >= 1, got {value}")
-    space, methods = _methods(run_dir, baselines, baselines_run)
+    b_runs = [baselines_run] if isinstance(baselines_run, str) else list(baselines_run or ())
+    space, methods = _methods(run_dir, baselines, b_runs)
     overrides: dict[str, Any] = {}
     if smoke:
         # The run dir's own smoke budget for every method, so they stay comparable with each other.
@@ -155,7 +164,8 @@ def evaluate_run(
     search_seeds = {train_config(m.values).seed for m in methods}
     seed_list = [s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds + len(search_seeds))
                  if s not in search_seeds][:seeds]
-    runs = [(i, seed, {**m.values, **overrides, "seed": seed, "test_tasks": tasks})
+    runs = [(i, seed, {**m.values, **overrides, "seed": seed, "test_tasks": tasks,
+                       "meta_train_splits": RETRAIN_SPLITS})
             for i, m in enumerate(methods) for seed in seed_list]
     for _, _, values in runs:
         train_config(values)  # fail on a bad configuration before Ray starts

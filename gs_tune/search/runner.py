@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ def launch(
     max_concurrent: int | None = None, smoke: bool = False, address: str | None = None,
     storage: str | None = None, storage_optuna: str | None = None, gpus_per_trial: float | None = None,
     cpus_per_trial: float | None = None, dashboard: bool = False, object_store_memory: int | None = None,
+    fix: Mapping[str, Any] | None = None,
 ) -> Path:
     """Validate everything, create the run directory, run the search; returns the run directory."""
     space = load_space(space_ref).with_overrides(
         num_samples=num_samples, max_concurrent=max_concurrent, smoke=smoke,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, fix=fix,
     )
     run_name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not run_name.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -163,9 +163,17 @@ class SearchSpace:
 
     def with_overrides(self, num_samples: int | None = None, max_concurrent: int | None = None,
                        smoke: bool = False, cpus_per_trial: float | None = None,
-                       gpus_per_trial: str | float | None = None) -> SearchSpace:
-        """A copy with CLI overrides applied, validated like the YAML (errors name the key)."""
+                       gpus_per_trial: str | float | None = None,
+                       fix: Mapping[str, Any] | None = None) -> SearchSpace:
+        """A copy with CLI overrides applied, validated like the YAML (errors name the key).
+
+        ``fix`` pins fields: a searched one leaves ``search`` for ``fixed`` (``algorithm=maml`` runs
+        the baselines space for one algorithm, so each gets a search budget of its own).
+        """
         data = self.to_dict()
+        for key, value in (fix or {}).items():
+            data["search"].pop(key, None)
+            data["fixed"][key] = value
         for key, value in (("num_samples", num_samples), ("max_concurrent", max_concurrent)):
             if value is not None:
                 data[key] = value

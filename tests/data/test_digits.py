@@ -120,3 +120,17 @@ def test_sampler_rejects_impossible_tasks(digits: FewShotDataset) -> None:
     with pytest.raises(DataError, match="shots \\+ query"):
         TaskSampler(digits.test, ways=5, shots=smallest, query=1, split_name="test")
     TaskSampler(digits.test, ways=digits.test.num_classes, shots=smallest - 1, query=1)
+
+
+def test_meta_train_splits(digits: FewShotDataset) -> None:
+    assert digits.meta_train("train") is digits.train
+    both = digits.meta_train("train+val")
+    assert both.class_names == digits.train.class_names + digits.val.class_names
+    assert len(both.labels) == len(digits.train.labels) + len(digits.val.labels)
+    # each merged class holds exactly the images of the class of that name in its own split
+    for c, name in enumerate(both.class_names):
+        split = digits.train if c < digits.train.num_classes else digits.val
+        own = split.images[split.labels == split.class_names.index(name)]
+        assert np.array_equal(both.images[both.labels == c], own)
+    with pytest.raises(DataError, match="meta_train_splits.*allowed: train, train\\+val"):
+        digits.meta_train("test")

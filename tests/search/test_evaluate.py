@@ -78,7 +78,7 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
         params = json.loads(r["params_json"])
         assert params["seed"] == r["seed"] and params["test_tasks"] == 10
         assert params["iterations"] == TINY_SMOKE["iterations"] == fixed["iterations"]
-        assert params["device"] == "cpu"
+        assert params["device"] == "cpu" and params["meta_train_splits"] == "train+val"
         if r["method"] == "ahe (tuned)":
             assert {k: params[k] for k in BEST} == BEST
         elif r["method"] == "ahe (default)":
@@ -115,12 +115,28 @@ def test_baselines_run_gives_each_baseline_its_best_trial(tmp_path: Path) -> Non
                       ("f2", {"algorithm": "fomaml", "inner_lr": 0.6, "outer_lr": 0.002}, 0.7, "early_stopped"),
                       ("f3", {"algorithm": "fomaml", "inner_lr": 0.7, "outer_lr": 0.002}, 0.8, "diverged")],
               space_name="baselines")
-    _, methods = _methods(run_dir, ["fomaml"], str(b_dir))
+    _, methods = _methods(run_dir, ["fomaml"], [str(b_dir)])
     assert [(m.name, m.source) for m in methods] == [
         ("ahe (tuned)", "tuned"), ("ahe (default)", "default"), ("fomaml", "baselines-run")]
     assert methods[2].values["inner_lr"] == 0.6 and methods[2].values["algorithm"] == "fomaml"
     with pytest.raises(RunDirError, match="reptile"):
-        _methods(run_dir, ["reptile"], str(b_dir))
+        _methods(run_dir, ["reptile"], [str(b_dir)])
+
+
+def test_baselines_runs_pool_one_run_per_algorithm(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    build_run(run_dir, [("a", BEST, 0.6, "completed")])
+    runs = []
+    for algo, trials in (("maml", [("m1", 0.2, 0.7), ("m2", 0.1, 0.8)]), ("fomaml", [("f1", 0.3, 0.75)])):
+        b_dir = tmp_path / f"b_{algo}"
+        build_run(b_dir, [(tid, {"algorithm": algo, "inner_lr": lr, "outer_lr": 0.001}, acc, "completed")
+                          for tid, lr, acc in trials], space_name="baselines")
+        runs.append(str(b_dir))
+    _, methods = _methods(run_dir, ["maml", "fomaml"], runs)
+    best = {m.name: m.values["inner_lr"] for m in methods[2:]}
+    assert best == {"maml": 0.1, "fomaml": 0.3}
+    with pytest.raises(RunDirError, match="reptile"):
+        _methods(run_dir, ["reptile"], runs)
 
 
 def test_aggregate_over_seeds() -> None:

@@ -95,6 +95,16 @@ def test_invalid_space_exits_2_before_ray_starts(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("fix, message", [
+    ("algorithm", "fix: expects KEY=VALUE"), ("algorithm=sgd", "fixed.algorithm"), ("nope=1", "fixed.nope"),
+])
+def test_bad_fix_exits_2_before_ray_starts(tmp_path, capsys, fix, message):
+    code = main(["launch", "--space", "baselines", "--fix", fix, "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unknown_space_name_lists_shipped_spaces(tmp_path, capsys):
     assert main(["launch", "--space", "nope", "--runs-dir", str(tmp_path)]) == 2
     assert "cosine_l2" in capsys.readouterr().err

@@ -288,6 +288,20 @@ def test_with_overrides_applies_smoke_and_cli_values():
     assert err.value.path == "num_samples"
 
 
+def test_fix_pins_a_searched_or_fixed_field():
+    space = load_space("baselines")
+    maml = space.with_overrides(fix={"algorithm": "maml", "ways": 20})
+    assert maml.fixed["algorithm"] == "maml" and maml.fixed["ways"] == 20
+    assert [p.name for p in maml.params] == [p.name for p in space.params if p.name != "algorithm"]
+    assert "algorithm" in [p.name for p in space.params]  # the original is untouched
+    with pytest.raises(SpaceError) as err:
+        space.with_overrides(fix={"algorithm": "sgd"})
+    assert err.value.path == "fixed.algorithm" and "allowed" in str(err.value)
+    with pytest.raises(SpaceError) as err:
+        space.with_overrides(fix={"algorithm": "maml", "inner_lr": 0.1, "outer_lr": 0.001})
+    assert err.value.path == "search"  # nothing left to search
+
+
 @pytest.mark.parametrize("space", [*shipped_spaces(), "all", "cond"])
 def test_to_yaml_round_trips(space):
     if space == "all":
