@@ -96,7 +96,7 @@ class _DefineByRun:
         self.space = space
 
     def __call__(self, trial):
-        from gs_tune.search.space import optuna_define_by_run
+        from gs_tune.search.samplers import optuna_define_by_run
 
         return optuna_define_by_run(self.space)(trial)
 
@@ -109,7 +109,7 @@ def _build_tuner(space: SearchSpace, run_dir: Path, meta: dict[str, Any], has_gp
 
     from gs_tune.config import TrainConfig
     from gs_tune.search.callbacks import ResultsCallback
-    from gs_tune.search.space import make_sampler
+    from gs_tune.search.samplers import make_sampler
     from gs_tune.search.trial import run_trial
 
     gpus = space.gpus_per_trial

@@ -1,7 +1,9 @@
-"""Search spaces: a YAML file → a validated :class:`SearchSpace` → Optuna or Ray Tune.
+"""Search spaces: a YAML file → a validated :class:`SearchSpace` (samplers.py turns it into what
+Optuna and Ray Tune take).
 
-Pure functions only (no ``ray.init``, no Tuner): everything a search needs is checked here, before
-anything runs, and every error is a :class:`~gs_tune.errors.SpaceError` naming the dotted key path.
+Pure functions only (no ``ray.init``, no Tuner): everything a search needs is checked here and in
+space_checks.py (the rules of each key), before anything runs, and every error is a
+:class:`~gs_tune.errors.SpaceError` naming the dotted key path.
 
 YAML format (every key but ``search`` is optional)::
 
@@ -44,37 +46,36 @@ YAML format (every key but ``search`` is optional)::
 from __future__ import annotations
 
 import copy
-import importlib.util
-import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from gs_tune.config import TrainConfig, train_config
-from gs_tune.errors import ConfigError, SpaceError
+from gs_tune.errors import SpaceError
+from gs_tune.search.space_checks import (
+    DEFAULT_SMOKE,
+    TOP_KEYS,
+    Asha,
+    Objective,
+    Param,
+    count,
+    fixed_values,
+    objective_list,
+    resources_spec,
+    sampler_spec,
+    scheduler_spec,
+    search_params,
+    smoke_grace,
+    storage_url,
+)
 
-if TYPE_CHECKING:
-    import optuna
+__all__ = ["SPACES_DIR", "Asha", "Objective", "Param", "SearchSpace", "load_space", "parse_space",
+           "shipped_spaces"]
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-METRICS = {"val_accuracy": "max", "val_loss": "min", "sec_per_iter": "min", "train_loss": "min"}
-SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
-SAMPLER_OPTIONS = {"tpe": ("n_startup_trials",), "random": (), "cmaes": ("n_startup_trials",),
-                   "nsga2": ("population_size",)}
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-TOP_KEYS = ("name", "description", "fixed", "search", "objective", "sampler", "num_samples",
-            "max_concurrent", "scheduler", "resources", "smoke", "storage")
-DEFAULT_SMOKE = {"iterations": 30, "val_every": 10, "val_tasks": 10, "test_tasks": 20}
-
-# "float", "int", "str", "bool" per field (annotations are strings under postponed evaluation).
-_FIELD_TYPES = {f.name: str(f.type).replace(" | None", "") for f in fields(TrainConfig)}
-_FIELDS = ", ".join(sorted(_FIELD_TYPES))
-# What a trial gets for a field nobody set: conditions are evaluated against the config as built.
-_DEFAULTS = TrainConfig().as_dict()
 
 
 class _Loader(yaml.SafeLoader):
@@ -84,49 +85,6 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
-
-@dataclass(frozen=True)
-class Param:
-    """One searched TrainConfig field."""
-
-    name: str
-    kind: str  # uniform | loguniform | int | choice
-    low: float | int | None = None
-    high: float | int | None = None
-    choices: tuple[Any, ...] | None = None
-    step: int = 1
-    log: bool = False
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-    """(field, allowed values) pairs that must all hold for the parameter to be sampled."""
-
-    def active(self, values: Mapping[str, Any]) -> bool:
-        """Whether the condition holds for ``values`` (fixed + sampled so far; unset = default)."""
-        return all(values.get(ref, _DEFAULTS[ref]) in allowed for ref, allowed in self.when)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {self.kind: list(self.choices or ()) if self.kind == "choice"
-                               else [self.low, self.high]}
-        if self.kind == "int" and self.step != 1:
-            out["step"] = self.step
-        if self.kind == "int" and self.log:
-            out["log"] = True
-        if self.when:
-            out["when"] = {ref: vals[0] if len(vals) == 1 else list(vals) for ref, vals in self.when}
-        return out
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: str  # max | min
-
-
-@dataclass(frozen=True)
-class Asha:
-    grace_period: int
-    reduction_factor: float
-    max_t: int
-    """The fixed ``iterations``: ASHA stops nothing before its grace period nor runs past this."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +141,7 @@ class SearchSpace:
         if smoke:
             data["fixed"].update(self.smoke)
             if self.scheduler is not None:
-                data["scheduler"]["grace_period"] = _smoke_grace(self.scheduler, data["fixed"])
+                data["scheduler"]["grace_period"] = smoke_grace(self.scheduler, data["fixed"])
         return replace(parse_space(data, self.name), source=self.source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +165,7 @@ class SearchSpace:
     def to_yaml(self) -> str:
         """The resolved space as YAML; ``parse_space(yaml.safe_load(text), name)`` gives it back."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -244,7 +203,6 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-# --- validation ---------------------------------------------------------------------------------
 
 def parse_space(data: Mapping[str, Any], name: str) -> SearchSpace:
     """Validate a space mapping (as read from YAML); ``name`` is used unless ``data`` names itself."""
@@ -259,354 +217,21 @@ def parse_space(data: Mapping[str, Any], name: str) -> SearchSpace:
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SpaceError("description", f"must be text, got {type(description).__name__}")
-    fixed = _overrides(data.get("fixed"), "fixed", {}, set())
-    params = _params(data.get("search"), fixed)
-    objectives = _objectives(data.get("objective"))
-    sampler, seed, options = _sampler(data.get("sampler"), len(objectives) > 1)
-    cpus, gpus = _resources(data.get("resources"))
+    fixed = fixed_values(data.get("fixed"), "fixed", {}, set())
+    params = search_params(data.get("search"), fixed)
+    objectives = objective_list(data.get("objective"))
+    sampler, seed, options = sampler_spec(data.get("sampler"), len(objectives) > 1)
+    cpus, gpus = resources_spec(data.get("resources"))
     searched = {p.name for p in params}
     default_smoke = {k: v for k, v in DEFAULT_SMOKE.items() if k not in searched}
-    smoke = _overrides(data.get("smoke", default_smoke), "smoke", fixed, searched)
+    smoke = fixed_values(data.get("smoke", default_smoke), "smoke", fixed, searched)
     return SearchSpace(
         name=space_name, description=description, fixed=fixed, params=params, objectives=objectives,
         sampler=sampler, sampler_seed=seed, sampler_options=options,
-        num_samples=_count(data.get("num_samples", 10), "num_samples"),
-        max_concurrent=_count(data.get("max_concurrent", 1), "max_concurrent"),
-        scheduler=_scheduler(data.get("scheduler"), fixed, params, len(objectives) > 1),
+        num_samples=count(data.get("num_samples", 10), "num_samples"),
+        max_concurrent=count(data.get("max_concurrent", 1), "max_concurrent"),
+        scheduler=scheduler_spec(data.get("scheduler"), fixed, params, len(objectives) > 1),
         cpus_per_trial=cpus, gpus_per_trial=gpus, smoke=smoke,
-        storage=_storage(data.get("storage")), source=copy.deepcopy(dict(data)),
+        storage=storage_url(data.get("storage")), source=copy.deepcopy(dict(data)),
     )
 
-
-def _mapping(value: Any, path: str, example: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpaceError(path, f"must be a mapping like {example}, got {type(value).__name__}")
-    return value
-
-
-def _check_keys(value: Mapping[str, Any], path: str, allowed: tuple[str, ...] | set[str]) -> None:
-    for key in value:
-        if key not in allowed:
-            raise SpaceError(f"{path}.{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass, but `true` is never meant as a number in a space file.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value: Any, path: str) -> int:
-    if not _is_number(value) or value != int(value) or value < 1:
-        raise SpaceError(path, f"must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _validated(values: Mapping[str, Any], path: str, label: str | None = None) -> TrainConfig:
-    """train_config, its ConfigError re-raised as a SpaceError under the space's key path.
-
-    Without ``label`` the failing field is appended to ``path`` (``fixed.ways``); with one, ``path``
-    is already exact and ``label`` ("low ", "high ") says which value failed.
-    """
-    try:
-        return train_config(values)
-    except ConfigError as exc:
-        if label is None:
-            raise SpaceError(f"{path}.{exc.field}", exc.message) from None
-        raise SpaceError(path, f"{label}{exc.message}") from None
-
-
-def _overrides(value: Any, path: str, base: dict[str, Any], searched: set[str]) -> dict[str, Any]:
-    """A mapping of TrainConfig fields (fixed:, smoke:), validated on top of ``base``, coerced."""
-    values = _mapping(value, path, "{ways: 5}")
-    for key in values:
-        if key not in _FIELD_TYPES:
-            raise SpaceError(f"{path}.{key}", f"unknown parameter; allowed: {_FIELDS}")
-        if key in searched:
-            raise SpaceError(f"{path}.{key}", "is searched; smoke may only override fields that are not")
-    cfg = _validated({**base, **values}, path)
-    return {key: getattr(cfg, key) for key in values}  # coerced: "0.4" → 0.4
-
-
-def _params(value: Any, fixed: dict[str, Any]) -> tuple[Param, ...]:
-    search = _mapping(value, "search", "{inner_lr: {uniform: [0.05, 0.8]}}")
-    if not search:
-        raise SpaceError("search", "must name at least one parameter to search")
-    params: list[Param] = []
-    for name, spec in search.items():
-        path = f"search.{name}"
-        if name not in _FIELD_TYPES:
-            raise SpaceError(path, f"unknown parameter; allowed: {_FIELDS}")
-        if name in fixed:
-            raise SpaceError(path, "is also in fixed; a parameter is either fixed or searched")
-        params.append(_param(name, spec, path, fixed, params, set(search)))
-    return tuple(params)
-
-
-def _param(name: str, spec: Any, path: str, fixed: dict[str, Any], earlier: list[Param],
-           searched: set[str]) -> Param:
-    if not isinstance(spec, Mapping):
-        raise SpaceError(path, f"must be a mapping like {{uniform: [low, high]}}, got {spec!r}")
-    kinds = [k for k in spec if k in DISTRIBUTIONS]
-    if len(kinds) != 1:
-        got = ", ".join(map(str, spec)) or "none"
-        raise SpaceError(path, f"needs exactly one of {', '.join(DISTRIBUTIONS)}; got keys: {got}")
-    kind = kinds[0]
-    _check_keys(spec, path, {kind, "when", "step", "log"} if kind == "int" else {kind, "when"})
-    base, dpath = _FIELD_TYPES[name], f"{path}.{kind}"
-    if kind != "choice" and base not in ("float", "int"):
-        raise SpaceError(dpath, f"{name} is a {base} field; use choice")
-    if kind in ("uniform", "loguniform") and base == "int":
-        raise SpaceError(dpath, f"{name} is an integer field; use int")
-    when = _when(spec.get("when"), f"{path}.when", name, earlier, searched)
-    if kind == "choice":
-        return Param(name, kind, choices=_choices(spec[kind], dpath, name, fixed), when=when)
-    step, log = spec.get("step", 1), spec.get("log", kind == "loguniform")
-    if not isinstance(log, bool):
-        raise SpaceError(f"{path}.log", f"must be true or false, got {log!r}")
-    low, high = _range(spec[kind], dpath, integer=kind == "int", positive=log)
-    if kind == "int":
-        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
-            raise SpaceError(f"{path}.step", f"must be an integer >= 1, got {step!r}")
-        if (high - low) % step:
-            raise SpaceError(f"{path}.step", f"high - low = {high - low} is not a multiple of step {step}")
-        if log and step != 1:
-            raise SpaceError(f"{path}.log", "cannot be combined with step (Optuna samples neither)")
-    for label, end in (("low", low), ("high", high)):
-        _validated({**fixed, name: end}, dpath, f"{label} ")
-    return Param(name, kind, low=low, high=high, step=step, log=log, when=when)
-
-
-def _range(value: Any, path: str, integer: bool, positive: bool) -> tuple[Any, Any]:
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise SpaceError(path, f"must be [low, high], got {value!r}")
-    for label, end in zip(("low", "high"), value):
-        if not _is_number(end):
-            raise SpaceError(path, f"{label} must be a finite number, got {end!r}")
-        if integer and end != int(end):
-            raise SpaceError(path, f"{label} must be an integer, got {end!r}")
-    low, high = (int(v) for v in value) if integer else (float(v) for v in value)
-    if positive and low <= 0:
-        raise SpaceError(path, f"low must be > 0 on a log scale, got {low!r}")
-    if low >= high:
-        raise SpaceError(path, f"low must be < high, got [{low!r}, {high!r}]")
-    return low, high
-
-
-def _choices(value: Any, path: str, name: str, fixed: dict[str, Any]) -> tuple[Any, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise SpaceError(path, f"must be a non-empty list, got {value!r}")
-    out: list[Any] = []
-    for i, choice in enumerate(value):
-        if not (choice is None or isinstance(choice, (str, bool)) or _is_number(choice)):
-            raise SpaceError(f"{path}[{i}]", f"must be text, a number, true/false or null, got {choice!r}")
-        coerced = getattr(_validated({**fixed, name: choice}, f"{path}[{i}]", ""), name)
-        if coerced in out:
-            raise SpaceError(f"{path}[{i}]", f"duplicate choice {choice!r}")
-        out.append(coerced)
-    return tuple(out)
-
-
-def _when(value: Any, path: str, name: str, earlier: list[Param],
-          searched: set[str]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, Mapping) or not value:
-        raise SpaceError(path, f"must be a mapping like {{algorithm: ahe}}, got {value!r}")
-    before = {p.name: p for p in earlier}
-    out = []
-    for ref, allowed in value.items():
-        rpath = f"{path}.{ref}"
-        if ref not in _FIELD_TYPES:
-            raise SpaceError(rpath, f"unknown parameter; allowed: {_FIELDS}")
-        if ref in searched and ref not in before:
-            # define-by-run samples in order, so the value must exist when this one is decided
-            raise SpaceError(rpath, f"is searched after {name}; list it before {name} under search")
-        values = []
-        for v in allowed if isinstance(allowed, list) else [allowed]:
-            coerced = getattr(_validated({ref: v}, rpath, ""), ref)
-            if ref in before and before[ref].kind == "choice" and coerced not in before[ref].choices:
-                choices = list(before[ref].choices or ())
-                raise SpaceError(rpath, f"{v!r} is not one of the choices of {ref}: {choices}")
-            values.append(coerced)
-        out.append((ref, tuple(values)))
-    return tuple(out)
-
-
-def _objectives(value: Any) -> tuple[Objective, ...]:
-    items = [value] if isinstance(value, Mapping) else value
-    if value is None:
-        items = [{"metric": "val_accuracy"}]
-    if not isinstance(items, list) or not items:
-        raise SpaceError("objective", "must be {metric: ..., mode: ...} or a non-empty list of them")
-    out: list[Objective] = []
-    for i, item in enumerate(items):
-        path = "objective" if isinstance(value, Mapping) else f"objective[{i}]"
-        item = _mapping(item, path, "{metric: val_accuracy, mode: max}")
-        _check_keys(item, path, ("metric", "mode"))
-        metric = item.get("metric")
-        if metric not in METRICS:
-            raise SpaceError(f"{path}.metric", f"got {metric!r}, allowed: {', '.join(METRICS)}")
-        mode = item.get("mode", METRICS[metric])
-        if mode != METRICS[metric]:
-            raise SpaceError(f"{path}.mode", f"{metric} takes mode {METRICS[metric]}, not {mode!r}")
-        if metric in (o.metric for o in out):
-            raise SpaceError(f"{path}.metric", f"{metric} is listed twice")
-        out.append(Objective(metric, mode))
-    return tuple(out)
-
-
-def _sampler(value: Any, multi: bool) -> tuple[str, int | None, dict[str, int]]:
-    spec = _mapping(value, "sampler", "{name: tpe, seed: 0}")
-    name = spec.get("name", "nsga2" if multi else "tpe")
-    if name not in SAMPLERS:
-        raise SpaceError("sampler.name", f"got {name!r}, allowed: {', '.join(SAMPLERS)}")
-    if multi and name != "nsga2":
-        raise SpaceError("sampler.name", f"{name} with several objectives: use nsga2")
-    if not multi and name == "nsga2":
-        raise SpaceError("sampler.name", "nsga2 needs several objectives; use tpe, random or cmaes")
-    _check_keys(spec, "sampler", ("name", "seed", *SAMPLER_OPTIONS[name]))
-    seed = spec.get("seed", 0)
-    if seed is not None and (not _is_number(seed) or seed != int(seed) or seed < 0):
-        raise SpaceError("sampler.seed", f"must be an integer >= 0 or null, got {seed!r}")
-    options = {}
-    for key in SAMPLER_OPTIONS[name]:
-        if key in spec:
-            options[key] = _count(spec[key], f"sampler.{key}")
-    if options.get("population_size", 2) < 2:
-        raise SpaceError("sampler.population_size", "must be >= 2")
-    return name, None if seed is None else int(seed), options
-
-
-def _scheduler(value: Any, fixed: dict[str, Any], params: tuple[Param, ...], multi: bool) -> Asha | None:
-    spec = _mapping(value, "scheduler", "{name: asha, grace_period: 100}")
-    name = spec.get("name", "none")
-    if name not in ("asha", "none"):
-        raise SpaceError("scheduler.name", f"got {name!r}, allowed: asha, none")
-    allowed = ("name", "grace_period", "reduction_factor") if name == "asha" else ("name",)
-    _check_keys(spec, "scheduler", allowed)
-    if name == "none":
-        return None
-    if multi:
-        raise SpaceError("scheduler.name", "asha ranks trials by one metric, not by several objectives; "
-                         "use none")
-    if any(p.name == "iterations" for p in params):
-        raise SpaceError("scheduler.name", "asha needs iterations fixed (it is ASHA's max_t); use none")
-    max_t = fixed.get("iterations", _DEFAULTS["iterations"])
-    grace = _count(spec.get("grace_period", min(max_t, fixed.get("val_every", _DEFAULTS["val_every"]))),
-                   "scheduler.grace_period")
-    if grace > max_t:
-        raise SpaceError("scheduler.grace_period", f"must be <= iterations ({max_t}), got {grace}")
-    factor = spec.get("reduction_factor", 3)
-    if not _is_number(factor) or factor <= 1:
-        raise SpaceError("scheduler.reduction_factor", f"must be a number > 1, got {factor!r}")
-    return Asha(grace, factor, max_t)
-
-
-def _smoke_grace(asha: Asha, smoke_fixed: Mapping[str, Any]) -> int:
-    """Shrink the grace period with iterations, to a multiple of val_every (when accuracy exists)."""
-    iterations = smoke_fixed.get("iterations", _DEFAULTS["iterations"])
-    val_every = smoke_fixed.get("val_every", _DEFAULTS["val_every"])
-    scaled = asha.grace_period * iterations / asha.max_t
-    return max(1, min(iterations, math.ceil(scaled / val_every) * val_every))
-
-
-def _resources(value: Any) -> tuple[float, str | float]:
-    spec = _mapping(value, "resources", "{cpus_per_trial: 1, gpus_per_trial: auto}")
-    _check_keys(spec, "resources", ("cpus_per_trial", "gpus_per_trial"))
-    cpus, gpus = spec.get("cpus_per_trial", 1), spec.get("gpus_per_trial", "auto")
-    if not _is_number(cpus) or cpus <= 0:
-        raise SpaceError("resources.cpus_per_trial", f"must be a number > 0, got {cpus!r}")
-    if gpus != "auto" and (not _is_number(gpus) or gpus < 0):
-        raise SpaceError("resources.gpus_per_trial", f"must be auto or a number >= 0, got {gpus!r}")
-    return cpus, gpus
-
-
-def _storage(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not re.match(r"(sqlite|postgresql|mysql)(\+\w+)?://", value):
-        raise SpaceError("storage", f"must be a storage URL (sqlite:///… or postgresql://…), got {value!r}")
-    return value
-
-
-# --- conversions ----------------------------------------------------------------------------------
-
-def optuna_define_by_run(space: SearchSpace) -> Callable[[optuna.trial.Trial], dict[str, Any]]:
-    """A define-by-run function for OptunaSearch: suggests the params, returns the fixed constants."""
-
-    def define(trial: optuna.trial.Trial) -> dict[str, Any]:
-        values = dict(space.fixed)
-        for p in space.params:
-            if not p.active(values):
-                continue  # conditional parameter whose condition fails: the trial keeps the default
-            if p.kind == "choice":
-                values[p.name] = trial.suggest_categorical(p.name, list(p.choices or ()))
-            elif p.kind == "int":
-                values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=p.step, log=p.log)
-            else:
-                values[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log)
-        return dict(space.fixed)
-
-    return define
-
-
-def tune_param_space(space: SearchSpace) -> dict[str, Any]:
-    """Ray Tune domains plus fixed values, for Tune's own searchers (no conditions on searched params)."""
-    from ray import tune  # imported here: ray is slow to import and only this conversion needs it
-
-    searched = {p.name for p in space.params}
-    out: dict[str, Any] = dict(space.fixed)
-    for p in space.params:
-        dynamic = [ref for ref, _ in p.when if ref in searched]
-        if dynamic:
-            raise SpaceError(f"search.{p.name}.when", f"depends on the searched {dynamic[0]}, which Tune's "
-                             "search spaces cannot express; use optuna_define_by_run")
-        if not p.active(space.fixed):
-            continue  # a condition on fixed values is decided once, for every trial
-        if p.kind == "choice":
-            out[p.name] = tune.choice(list(p.choices or ()))
-        elif p.kind == "uniform":
-            out[p.name] = tune.uniform(p.low, p.high)
-        elif p.kind == "loguniform":
-            out[p.name] = tune.loguniform(p.low, p.high)
-        elif p.log:
-            out[p.name] = tune.lograndint(p.low, p.high + 1)  # Tune's upper bound is exclusive
-        elif p.step == 1:
-            out[p.name] = tune.randint(p.low, p.high + 1)
-        elif p.low % p.step:
-            raise SpaceError(f"search.{p.name}.int", f"Tune's qrandint draws multiples of step, so low "
-                             f"({p.low}) must be one; use optuna_define_by_run")
-        else:
-            out[p.name] = tune.qrandint(p.low, p.high, p.step)  # inclusive upper when step > 1
-    return out
-
-
-def sample_to_config(space: SearchSpace, sampled: Mapping[str, Any]) -> TrainConfig:
-    """The trial's TrainConfig: fixed + sampled values, inactive conditional params left at default.
-
-    Raises :class:`~gs_tune.errors.ConfigError` if the sample holds an invalid value.
-    """
-    values = {**space.fixed, **sampled}
-    for p in space.params:
-        if p.when and p.name in values and (values[p.name] is None or not p.active(values)):
-            del values[p.name]
-    return train_config(values)
-
-
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler named by the space, seeded with its seed."""
-    import optuna
-
-    seed, options = space.sampler_seed, space.sampler_options
-    if space.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if space.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, **options)
-    if space.sampler == "cmaes":
-        # Optuna imports `cmaes` only at the first trial; fail now, with the fix, instead.
-        if importlib.util.find_spec("cmaes") is None:
-            raise SpaceError("sampler.name", "cmaes needs the cmaes package: pip install cmaes")
-        return optuna.samplers.CmaEsSampler(seed=seed, **options)
-    return optuna.samplers.TPESampler(seed=seed, **options)
