@@ -20,6 +20,7 @@ import pyarrow as pa
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gs_tune.fileio import atomic_write_text
 from gs_tune.results._values import is_finite
 from gs_tune.results.analysis import (
     DEFAULT_OBJECTIVE,
@@ -31,9 +32,10 @@ from gs_tune.results.analysis import (
     searched_params,
     varying_params,
 )
+from gs_tune.results.evaluation import CI_NOTE, MethodResult, markdown_table, method_results
 from gs_tune.results.schema import PARAM_PREFIX
 from gs_tune.results.summary import fmt, status_counts
-from gs_tune.results.tables import METRICS_FILE, read_metrics, read_trials
+from gs_tune.results.tables import EVALUATION_FILE, METRICS_FILE, read_evaluation, read_metrics, read_trials
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -233,6 +235,22 @@ def draw_pareto(data: ParetoData, path: Path) -> Path:
     return path
 
 
+def draw_evaluation(results: Sequence[MethodResult], path: Path) -> Path:
+    """Bars of mean test accuracy with their 95% CI, one per method (diverged ones left out)."""
+    shown = [r for r in results if r.accuracy is not None][::-1]  # first method on top
+    fig = _figure(6.4, max(2.0, 0.45 * len(shown) + 1.2))
+    ax = fig.add_subplot()
+    if shown:
+        ax.barh([r.method for r in shown], [r.accuracy * 100 for r in shown],
+                xerr=[(r.ci95 or 0.0) * 100 for r in shown], color="C0", capsize=4)
+        ax.set_xlim(0, 100)
+    else:
+        _no_data(ax)
+    ax.set(xlabel="test accuracy (%), mean ± 95% CI over seeds", title="Test split (gs-tune evaluate)")
+    fig.savefig(path)
+    return path
+
+
 # --- report -------------------------------------------------------------------
 
 
@@ -293,7 +311,12 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
         md += ["", "## Pareto front", "", f"![pareto]({draw_pareto(pareto, out / 'pareto.png').name})", ""]
         md += [f"- `{t}`: {pareto.y_label} = {fmt(y)}, {pareto.x_label} = {fmt(x)}"
                for t, x, y, keep in zip(pareto.trial_ids, pareto.x, pareto.y, pareto.on_front) if keep]
+    if (run_dir / EVALUATION_FILE).exists():
+        evaluation = read_evaluation(run_dir).to_pylist()
+        plot = draw_evaluation(method_results(evaluation), out / "evaluation.png")
+        md += ["", "## Test split (`gs-tune evaluate`)", "", *markdown_table(evaluation), "", CI_NOTE + ".",
+               "", f"![evaluation]({plot.name})"]
     path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
+    atomic_write_text(path, "\n".join(md) + "\n")
     return path
 

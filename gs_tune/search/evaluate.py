@@ -14,16 +14,14 @@ Protocol, i.e. what the printed numbers mean:
 * Seeds are EVAL_SEED_BASE, EVAL_SEED_BASE + 1, … (skipping the search's own seeds), so no
   initialisation, task stream or test task set of the search is reused. Methods share seeds, so
   every method is scored on the same test tasks for a given seed (a paired comparison).
-* Per method: the mean over seeds of test_accuracy, ± 1.96·sd/√n with sd the standard deviation
-  of the n per-seed accuracies (it holds training noise and, as each seed draws its own test tasks,
-  task sampling noise too). With one seed: that run's 95% CI over its test tasks.
+* Per method: the mean over seeds of test_accuracy ± 1.96·sd/√n over the n per-seed accuracies
+  (gs_tune.results.evaluation.aggregate).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import yaml
 
 from gs_tune.config import ALGORITHMS, TrainConfig, train_config
 from gs_tune.errors import ConfigError, RunDirError
+from gs_tune.results.evaluation import format_summary
 from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
 from gs_tune.search.space import SearchSpace, parse_space
@@ -203,34 +202,3 @@ def _row(method: Method, seed: int, values: Mapping[str, Any], record: Mapping[s
         "test_tasks": values["test_tasks"], "sec_per_iter": record.get("sec_per_iter"),
         "peak_memory_mb": record.get("peak_memory_mb"), "params": params,
     }
-
-
-def aggregate(accuracies: Sequence[float], ci95s: Sequence[float]) -> tuple[float, float]:
-    """Mean over seeds and its 95% half-width (see the module docstring for the formula)."""
-    if len(accuracies) == 1:
-        return accuracies[0], ci95s[0]
-    return statistics.fmean(accuracies), 1.96 * statistics.stdev(accuracies) / math.sqrt(len(accuracies))
-
-
-def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One line per method: test accuracy mean ± CI over seeds, mean sec per meta-iteration, peak MiB
-    (the highest over seeds)."""
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    width = max(len("method"), *(len(n) for n in names))
-    lines = [f"{'method':<{width}}  {'source':<13}  seeds  {'test accuracy':>17}  {'sec/iter':>8}  {'peak MB':>8}"]
-    for name in names:
-        mine = [r for r in rows if r["method"] == name]
-        ok = [r for r in mine if r["test_accuracy"] is not None]
-        seeds = f"{len(ok)}/{len(mine)}" if len(ok) < len(mine) else str(len(mine))
-        acc = "diverged"
-        if ok:
-            mean, ci = aggregate([r["test_accuracy"] for r in ok], [r["test_ci95"] for r in ok])
-            acc = f"{mean * 100:.2f}% ± {ci * 100:.2f}%"
-        secs = [r["sec_per_iter"] for r in mine if r["sec_per_iter"] is not None]
-        sec = f"{statistics.fmean(secs):.4f}" if secs else "-"
-        mem = [r["peak_memory_mb"] for r in ok if r["peak_memory_mb"] is not None]
-        peak = f"{max(mem):.0f}" if mem else "-"
-        lines.append(f"{name:<{width}}  {mine[0]['config_source']:<13}  {seeds:>5}  {acc:>17}  "
-                     f"{sec:>8}  {peak:>8}")
-    lines.append("test accuracy: mean over seeds ± 1.96·sd/√seeds (one seed: its CI over test tasks)")
-    return "\n".join(lines)

@@ -4,7 +4,6 @@ only the retraining (a local Ray, a few smoke-sized trainings)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from gs_tune.errors import RunDirError
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
-from gs_tune.search.evaluate import EVAL_SEED_BASE, UNTUNED_DEFAULTS, _methods, aggregate, evaluate_run
+from gs_tune.search.evaluate import EVAL_SEED_BASE, UNTUNED_DEFAULTS, _methods, evaluate_run
 from gs_tune.search.space import load_space, parse_space
 
 # The space's --smoke budget shrunk further (the shipped one takes ~15 s per training on a loaded
@@ -137,10 +136,3 @@ def test_baselines_runs_pool_one_run_per_algorithm(tmp_path: Path) -> None:
     assert best == {"maml": 0.1, "fomaml": 0.3}
     with pytest.raises(RunDirError, match="reptile"):
         _methods(run_dir, ["reptile"], runs)
-
-
-def test_aggregate_over_seeds() -> None:
-    assert aggregate([0.5], [0.03]) == (0.5, 0.03)  # one seed: its own CI over tasks
-    mean, ci = aggregate([0.4, 0.5, 0.6], [0.01, 0.01, 0.01])
-    assert mean == pytest.approx(0.5)
-    assert ci == pytest.approx(1.96 * 0.1 / math.sqrt(3))
