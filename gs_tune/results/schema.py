@@ -46,7 +46,7 @@ TRIAL_CORE_FIELDS: list[pa.Field] = [
     _field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration (latest record)."),
     _field("device", _STR, "Device the trial trained on (e.g. cuda:0, cpu), when the search layer knows it."),
     _field("node", _STR, "Host / Ray node the trial ran on, when known."),
-    _field("seed", _I64, "Training seed (the 'seed' parameter), when set."),
+    _field("seed", _I64, "Training seed of the trial (as its actor reports it, or its 'seed' parameter)."),
     _field("error", _STR, "Error message of a trial that ended with status error or diverged."),
     _field("test_loss", _F64, "Query loss of the final test evaluation (kind=test record)."),
     _field("test_accuracy", _F64, "Accuracy of the final test evaluation (kind=test record)."),

@@ -162,8 +162,10 @@ class ResultsWriter:
 
         A val record adds a metrics row, or replaces the row of the same iteration (a resumed trial
         re-reports from its checkpoint). A test record fills the trial's test_* columns and no metrics
-        row. A diverged record adds a row with its training loss but not its placeholder
-        val_accuracy, and marks the trial diverged; any other record marks it running.
+        row; so do the test_* values of a val record (a trial sends its last validation and the test
+        as one). A diverged record adds a row with its training loss but not its placeholder
+        val_accuracy, and marks the trial diverged; any other record marks it running. device, node
+        and seed, when a record carries them, fill those columns.
         """
         tid = str(trial_id)
         kind = str(record.get("kind") or ("test" if record.get("test_accuracy") is not None
@@ -173,11 +175,11 @@ class ResultsWriter:
         if kind != "test" and iteration is None:
             raise ValueError(f"trial {tid}: a {kind!r} record needs 'iteration'")
         values = {c: V.to_float(record.get(c), c) for c in (*S.METRIC_COLUMNS[2:], *_TEST_FIELDS, "peak_memory_mb")}
+        seed = V.to_int(record.get("seed"), "seed")
         with self._lock:
             trial = self._trial(tid)
-            if kind == "test":
-                trial.update({key: values[key] for key in _TEST_FIELDS})
-            else:
+            trial.update({key: values[key] for key in _TEST_FIELDS if kind == "test" or values[key] is not None})
+            if kind != "test":
                 row = {c: values[c] for c in S.METRIC_COLUMNS[2:]}
                 if kind == "diverged":
                     row.update(val_loss=None, val_accuracy=None, val_ci95=None)
@@ -191,6 +193,8 @@ class ResultsWriter:
             for key in ("device", "node"):  # the trainer's test record / the trial actor may say
                 if record.get(key) is not None:
                     trial[key] = str(record[key])
+            if seed is not None:
+                trial["seed"] = seed
             if kind == "diverged":
                 trial["status"], trial["error"] = "diverged", f"non-finite training loss at iteration {iteration}"
             else:

@@ -53,7 +53,16 @@ def run_trial(config: dict[str, Any]) -> None:
         if checkpoint is not None:
             resume_from = Path(checkpoint.to_directory(str(work_dir / "restored")))
         ckpt_dir = work_dir / "checkpoint"
+        held = None  # checkpoint of the last validation, reported with the test record
         for record in train(cfg, resume_from=resume_from, checkpoint_dir=ckpt_dir):
             saved = record.pop("checkpoint", None)
-            metrics = _reportable({**record, "node": node})
+            if record["kind"] == "val" and record["iteration"] >= cfg.iterations and cfg.test_tasks:
+                # ASHA stops a trial at its first report with iteration >= max_t (= iterations), so a
+                # test record sent after the last validation would never arrive: the test record,
+                # which repeats the last validation, is sent in its place, as that validation.
+                held = saved
+                continue
+            if record["kind"] == "test" and record.get("val_accuracy") is not None:
+                record, saved = {**record, "kind": "val"}, saved or held
+            metrics = _reportable({**record, "node": node, "device": str(cfg.device), "seed": cfg.seed})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if saved else None)

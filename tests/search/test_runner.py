@@ -43,6 +43,12 @@ def test_smoke_search_leaves_the_documented_run_directory(tmp_path):
     trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
     assert len(trials) == 4
     assert {t["status"] for t in trials} <= {"completed", "early_stopped"}
+    assert all(t["device"] == "cpu" and t["seed"] == 0 and t["node"] for t in trials)
+    # ASHA stops a trial at max_t = iterations: the last validation and the test arrive together
+    completed = [t for t in trials if t["status"] == "completed"]
+    assert completed and all(0 <= t["test_accuracy"] <= 1 and t["peak_memory_mb"] > 0 for t in completed)
+    last = {(r["trial_id"], r["iteration"]) for r in pq.read_table(run_dir / "metrics.parquet").to_pylist()}
+    assert all((t["trial_id"], t["iterations"]) in last for t in completed)
     # Ray Tune's experiment state and one directory (with checkpoints) per trial
     tune_dir = run_dir / "tune"
     assert any(tune_dir.glob("experiment_state*.json"))
