@@ -167,7 +167,9 @@ def evaluate_run(
                        "meta_train_splits": RETRAIN_SPLITS})
             for i, m in enumerate(methods) for seed in seed_list]
     for _, _, values in runs:
-        train_config(values)  # fail on a bad configuration before Ray starts
+        # Nothing reads the retraining's validations (and on train+val they score seen classes), so
+        # one at the end instead of every val_every: each costs about val_tasks/meta_batch iterations.
+        values["val_every"] = train_config(values).iterations  # also fails on a bad configuration
     gpus = space.gpus_per_trial
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     with ray_session(address, object_store_memory=object_store_memory) as cluster:

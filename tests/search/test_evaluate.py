@@ -76,7 +76,7 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
         assert r["sec_per_iter"] > 0 and r["peak_memory_mb"] > 0
         params = json.loads(r["params_json"])
         assert params["seed"] == r["seed"] and params["test_tasks"] == 10
-        assert params["iterations"] == TINY_SMOKE["iterations"] == fixed["iterations"]
+        assert params["iterations"] == TINY_SMOKE["iterations"] == fixed["iterations"] == params["val_every"]
         assert params["device"] == "cpu" and params["meta_train_splits"] == "train+val"
         if r["method"] == "ahe (tuned)":
             assert {k: params[k] for k in BEST} == BEST
