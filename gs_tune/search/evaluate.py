@@ -95,6 +95,11 @@ def _methods(run_dir: Path, baselines: Sequence[str],
           f"{best['best_val_accuracy'] * 100:.2f}%")
     methods = [Method(f"{algo} (tuned)", "tuned", tuned), Method(f"{algo} (default)", "default",
                                                                _untuned(space, algo))]
+    if algo == "ahe" and train_config(tuned).algo_hparams().has_correction:
+        # The ablation that says what the correction adds: the tuned run with its weights at 0 is
+        # exactly first-order MAML at the tuned step sizes (tests/algorithms/test_identities.py).
+        methods.insert(1, Method(f"{algo} (tuned, w=0)", "tuned-ablation",
+                                 {**tuned, "w_cos": 0.0, "w_l2": 0.0, "w_dot": 0.0}))
     b_trials: list[tuple[dict[str, Any], Mapping[str, Any]]] = []  # (values, row) of every run given
     for b_run in baselines_runs:
         b_dir = Path(b_run)

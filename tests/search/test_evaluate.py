@@ -66,10 +66,11 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
     assert table.equals(on_disk)
     rows = on_disk.to_pylist()
     seeds = [EVAL_SEED_BASE, EVAL_SEED_BASE + 1]
-    assert sorted((r["method"], r["seed"]) for r in rows) == sorted(
-        (m, s) for m in ("ahe (tuned)", "ahe (default)", "fomaml") for s in seeds)
+    methods = ("ahe (tuned)", "ahe (tuned, w=0)", "ahe (default)", "fomaml")
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in methods for s in seeds)
     sources = {r["method"]: r["config_source"] for r in rows}
-    assert sources == {"ahe (tuned)": "tuned", "ahe (default)": "default", "fomaml": "default"}
+    assert sources == {"ahe (tuned)": "tuned", "ahe (tuned, w=0)": "tuned-ablation", "ahe (default)": "default",
+                       "fomaml": "default"}
     for r in rows:
         assert 0.0 <= r["test_accuracy"] <= 1.0
         assert r["test_ci95"] > 0 and r["test_tasks"] == 10
@@ -80,6 +81,8 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
         assert params["device"] == "cpu" and params["meta_train_splits"] == "train+val"
         if r["method"] == "ahe (tuned)":
             assert {k: params[k] for k in BEST} == BEST
+        elif r["method"] == "ahe (tuned, w=0)":  # the correction off, everything else tuned
+            assert {k: params[k] for k in BEST} == {**BEST, "w_cos": 0.0, "w_l2": 0.0}
         elif r["method"] == "ahe (default)":
             # searched fields back at their (untuned) defaults, fixed ones kept
             assert params["w_cos"] == UNTUNED_DEFAULTS["ahe"]["w_cos"]
@@ -90,7 +93,7 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
             assert params["algorithm"] == "fomaml" and params["w_cos"] == 0.0
     out = capsys.readouterr().out
     assert "best trial b (early_stopped)" in out
-    for method in ("ahe (tuned)", "ahe (default)", "fomaml"):
+    for method in methods:
         assert any(line.startswith(method) and "%" in line for line in out.splitlines())
 
 
@@ -116,8 +119,9 @@ def test_baselines_run_gives_each_baseline_its_best_trial(tmp_path: Path) -> Non
               space_name="baselines")
     _, methods = _methods(run_dir, ["fomaml"], [str(b_dir)])
     assert [(m.name, m.source) for m in methods] == [
-        ("ahe (tuned)", "tuned"), ("ahe (default)", "default"), ("fomaml", "baselines-run")]
-    assert methods[2].values["inner_lr"] == 0.6 and methods[2].values["algorithm"] == "fomaml"
+        ("ahe (tuned)", "tuned"), ("ahe (tuned, w=0)", "tuned-ablation"), ("ahe (default)", "default"),
+        ("fomaml", "baselines-run")]
+    assert methods[3].values["inner_lr"] == 0.6 and methods[3].values["algorithm"] == "fomaml"
     with pytest.raises(RunDirError, match="reptile"):
         _methods(run_dir, ["reptile"], [str(b_dir)])
 
@@ -132,7 +136,7 @@ def test_baselines_runs_pool_one_run_per_algorithm(tmp_path: Path) -> None:
                           for tid, lr, acc in trials], space_name="baselines")
         runs.append(str(b_dir))
     _, methods = _methods(run_dir, ["maml", "fomaml"], runs)
-    best = {m.name: m.values["inner_lr"] for m in methods[2:]}
+    best = {m.name: m.values["inner_lr"] for m in methods[3:]}
     assert best == {"maml": 0.1, "fomaml": 0.3}
     with pytest.raises(RunDirError, match="reptile"):
         _methods(run_dir, ["reptile"], runs)
