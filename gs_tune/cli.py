@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     baselines = [b for b in args.baselines.split(",") if b] if args.baselines else []
     evaluate_run(
         _run_dir(args.run_dir), baselines=baselines, seeds=args.seeds, tasks=args.tasks,
-        baselines_run=args.baselines_run, smoke=args.smoke, address=args.address,
+        baselines_runs=args.baselines_run, smoke=args.smoke, address=args.address,
     )
     return 0
 

@@ -147,8 +147,7 @@ def _retrain(values: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_run(
     run_dir: str | Path, *, baselines: Sequence[str] = ("maml", "fomaml", "reptile"), seeds: int = 3,
-    tasks: int = 600, baselines_run: str | Sequence[str] | None = None, smoke: bool = False,
-    address: str | None = None,
+    tasks: int = 600, baselines_runs: Sequence[str] = (), smoke: bool = False, address: str | None = None,
     object_store_memory: int | None = None,
 ) -> pa.Table:
     """Retrain and test every method for every seed; write RUN_DIR/evaluation.parquet and return it."""
@@ -158,8 +157,7 @@ def evaluate_run(
     for name, value in (("seeds", seeds), ("tasks", tasks)):
         if value < 1:
             raise ConfigError(name, f"must be >= 1, got {value}")
-    b_runs = [baselines_run] if isinstance(baselines_run, str) else list(baselines_run or ())
-    space, methods = _methods(run_dir, baselines, b_runs)
+    space, methods = _methods(run_dir, baselines, baselines_runs)
     overrides: dict[str, Any] = {}
     if smoke:
         # The run dir's own smoke budget for every method, so they stay comparable with each other.
