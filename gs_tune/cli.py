@@ -34,13 +34,25 @@ def _read_yaml_config(path: str) -> dict[str, Any]:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``--inner-lr``), default None so YAML values survive."""
-    from gs_tune.config import TrainConfig
+    """One flag per TrainConfig field (``--inner-lr``), default None so YAML values survive; the
+    help is the field's docstring and its default."""
+    from gs_tune.config import TrainConfig, field_docs
 
+    docs = field_docs(TrainConfig)
+    group = parser.add_argument_group("config fields (also settable from --config FILE.yaml)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar=f.name.upper(),
-                            help=f"(default: {f.default})")
+        group.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar=f.name.upper(),
+                           help=f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%"))
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """Where and how a run executes: arguments of train(), not config."""
+    group = parser.add_argument_group("where the run executes")
+    group.add_argument("--device", default="auto", help="auto (CUDA when torch sees one), cpu or cuda")
+    group.add_argument("--out", help="directory for checkpoint.pt and result.json (atomic; resumable)")
+    group.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -55,39 +67,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gs_tune.trainer import train
 
     cfg = _config_from_args(args)
-    board = None
-    if cfg.tensorboard and cfg.out:
-        from gs_tune.results.tensorboard import TrialTensorBoard
-
-        board = TrialTensorBoard(str(Path(cfg.out) / "tensorboard"), cfg.as_dict())
+    records = train(cfg, device=args.device, out=args.out, progress=args.progress,
+                    tensorboard=args.tensorboard, resume_from=args.resume)
     final: dict[str, Any] = {}
-    best = 0.0
-    for record in train(cfg, resume_from=args.resume):
-        if board is not None:
-            board.log(record)
+    for record in records:
         if record["kind"] == "val":
-            best = max(best, record["val_accuracy"])
             print(
                 f"iter {record['iteration']:>6}  train loss {record['train_loss']:.4f}  "
                 f"val acc {record['val_accuracy']:.4f} ± {record['val_ci95']:.4f}  "
                 f"{record['sec_per_iter'] * 1000:.1f} ms/it",
-                file=sys.stderr if cfg.progress else sys.stdout,
+                file=sys.stderr if args.progress else sys.stdout,
             )
+            final.update(record)
         elif record["kind"] == "diverged":
             print(f"diverged at iteration {record['iteration']}: non-finite training loss", file=sys.stderr)
             return 1
         else:
-            final = record
-    if board is not None:
-        board.close({"hparams/best_val_accuracy": best, "hparams/test_accuracy": final.get("test_accuracy")})
+            final.update(record)
     if "test_accuracy" in final:
         print(
             f"test accuracy {final['test_accuracy'] * 100:.2f}% ± {final['test_ci95'] * 100:.2f}% "
-            f"(95% CI over {cfg.test_tasks} tasks, {cfg.ways}-way {cfg.shots}-shot {cfg.dataset}, "
+            f"(95% t-interval over {cfg.test_tasks} test tasks, {cfg.ways}-way {cfg.shots}-shot {cfg.dataset}, "
             f"{cfg.algorithm}); {final['sec_per_iter'] * 1000:.1f} ms per meta-iteration"
         )
-    if cfg.out:
-        print(f"results: {Path(cfg.out) / 'result.json'}")
+    if args.out:
+        print(f"results: {Path(args.out) / 'result.json'}")
     return 0
 
 
@@ -176,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="meta-train one configuration and evaluate it on the test split")
     p.add_argument("--config", help="YAML file of config fields; flags override it")
     p.add_argument("--resume", help="checkpoint file or directory to continue from")
+    _add_runtime_flags(p)
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -8,8 +8,13 @@ and what is allowed, whoever the caller was.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import math
+import textwrap
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -64,8 +69,14 @@ class AlgoHParams:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything one meta-training run needs; a Ray Tune trial is one of these."""
+class TrainConfig(AlgoHParams):
+    """Everything one meta-training run needs; a Ray Tune trial is one of these.
+
+    The algorithm's fields are inherited from :class:`AlgoHParams` (declared once); here
+    ``ahe_scale`` is λ₀, the peak of the λ schedule that the trainer applies per iteration.
+    Where it runs (device, output directory, progress bar, TensorBoard) is not configuration:
+    those are arguments of :func:`gs_tune.train`, so a search space cannot fix them.
+    """
 
     # data
     dataset: str = "digits"
@@ -86,22 +97,11 @@ class TrainConfig:
     """conv4 (4 × conv-BN-ReLU-pool, MAML's network) or mlp."""
     filters: int = 32
     """Conv-4 channels per layer (32 or 64 in the literature); MLP hidden width ×8."""
-    # algorithm
+    # algorithm (the rest is inherited from AlgoHParams)
     algorithm: str = "ahe"
     """maml, fomaml, reptile or ahe (first-order MAML + gradient-similarity correction)."""
-    inner_lr: float = 0.4
-    inner_steps: int = 1
     eval_inner_steps: int | None = None
     """Inner steps at validation/test time; None means inner_steps."""
-    w_cos: float = 0.0
-    w_l2: float = 0.0
-    w_dot: float = 0.0
-    hvp: str = "finite_difference"
-    fd_eps: float = 1e-6
-    ahe_at: str = "first_step"
-    ahe_scale: float = 1.0
-    """λ₀, the peak of the λ schedule."""
-    ahe_clip: float | None = None
     ahe_schedule: str = "constant"
     """λ(t) over meta-iterations: constant, linear_warmup, linear_decay, cosine, step."""
     ahe_warmup: float = 0.2
@@ -109,6 +109,7 @@ class TrainConfig:
     ahe_step_every: float = 0.5
     """step schedule: multiply λ by ahe_step_gamma every this fraction of iterations."""
     ahe_step_gamma: float = 0.1
+    """step schedule: the factor λ is multiplied by at each step."""
     # outer loop
     outer_lr: float = 1e-3
     """Adam step size of the meta-update."""
@@ -116,7 +117,6 @@ class TrainConfig:
     """Meta-iterations (outer Adam steps)."""
     meta_batch: int = 4
     """Tasks per meta-iteration."""
-    batching: str = "auto"
     # evaluation
     val_every: int = 50
     """Validate every this many meta-iterations (and at the last one)."""
@@ -124,16 +124,16 @@ class TrainConfig:
     """Validation tasks per validation."""
     test_tasks: int = 600
     """Tasks of the final test evaluation (600 as in the MAML paper); 0 skips it."""
+    log_every: int = 10
+    """Average the training statistics over this many meta-iterations for the train_log of the
+    next validation record (TensorBoard's train/ and grad/ curves)."""
     # run
     seed: int = 0
-    device: str = "auto"
+    """Seeds initialisation, training tasks and validation/test tasks (independent streams)."""
     dtype: str = "float32"
-    out: str | None = None
-    """Directory for checkpoint.pt, result.json and TensorBoard files."""
+    """Floating-point type of the model and the tasks."""
     checkpoint_every: int = 100
-    tensorboard: bool = False
-    progress: bool = True
-    """Show a progress bar (the CLI turns it off under Ray)."""
+    """Also checkpoint every this many meta-iterations between validations."""
 
     def algo_hparams(self, ahe_scale: float | None = None) -> AlgoHParams:
         """The per-iteration hyperparameters, with λ replaced by the scheduled value."""
@@ -155,50 +155,63 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "hvp": HVP_MODES,
     "ahe_at": AHE_AT,
     "ahe_schedule": SCHEDULES,
-    "device": DEVICES,
     "batching": BATCHING,
     "dtype": DTYPES,
     "meta_train_splits": META_TRAIN_SPLITS,
 }
 _POSITIVE = {
     "inner_lr", "inner_steps", "outer_lr", "iterations", "meta_batch", "ways", "shots",
-    "query", "filters", "fd_eps", "val_every", "val_tasks", "checkpoint_every",
+    "query", "filters", "fd_eps", "val_every", "val_tasks", "checkpoint_every", "log_every",
     "eval_inner_steps", "ahe_clip", "ahe_step_every",
 }
 _NON_NEGATIVE = {"w_cos", "w_l2", "w_dot", "ahe_scale", "test_tasks", "ahe_warmup", "ahe_step_gamma"}
+_KIND = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
 
 
-def _coerce(name: str, value: Any, annotation: str) -> Any:
+@functools.cache
+def field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """Each field's base type and whether it is optional (``X | None``), read once from the hints."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        out[name] = (base, optional)
+    return out
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() in ("true", "1", "yes"):
+            return True
+        if value.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(value)
+    return bool(value)
+
+
+def _coerce(name: str, value: Any, base: type, optional: bool) -> Any:
     """Turn YAML/CLI/Tune values (often strings or numpy scalars) into the field's type."""
-    optional = "None" in annotation
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional:
             return None
         raise ConfigError(name, "must be set")
-    base = annotation.replace(" | None", "").strip()
     try:
-        if base == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("true", "1", "yes"):
-                    return True
-                if value.lower() in ("false", "0", "no"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if base == "int":
+        if base is bool:
+            return _parse_bool(value)
+        if base is int:
             as_float = float(value)
             if not as_float.is_integer():
                 raise ValueError(value)
             return int(as_float)
-        if base == "float":
+        if base is float:
             out = float(value)
             if not math.isfinite(out):
                 raise ValueError(value)
             return out
         return str(value)
     except (TypeError, ValueError):
-        kind = {"int": "an integer", "float": "a finite number", "bool": "true or false"}.get(base, base)
-        raise ConfigError(name, f"must be {kind}, got {value!r}") from None
+        raise ConfigError(name, f"must be {_KIND.get(base, base.__name__)}, got {value!r}") from None
 
 
 def _check_value(name: str, value: Any) -> None:
@@ -213,13 +226,13 @@ def _check_value(name: str, value: Any) -> None:
 
 
 def _build(cls: type, values: Mapping[str, Any]) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
+    types = field_types(cls)
+    unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ConfigError(unknown[0], f"unknown field; allowed: {', '.join(sorted(known))}")
+        raise ConfigError(unknown[0], f"unknown field; allowed: {', '.join(sorted(types))}")
     kwargs = {}
     for name, value in values.items():
-        coerced = _coerce(name, value, str(known[name].type))
+        coerced = _coerce(name, value, *types[name])
         _check_value(name, coerced)
         kwargs[name] = coerced
     return cls(**kwargs)
@@ -240,3 +253,24 @@ def algo_hparams(values: Mapping[str, Any] | None = None, **overrides: Any) -> A
     """Validate keyword hyperparameters of :func:`gs_tune.meta_gradient`."""
     return _build(AlgoHParams, {**(values or {}), **overrides})
 
+
+@functools.cache
+def field_docs(cls: type = TrainConfig) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), for ``--help``.
+
+    Python keeps no attribute docstrings at run time, so they are read from the source once.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
+        except (OSError, TypeError):
+            continue  # no source (frozen app): --help then shows defaults only
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

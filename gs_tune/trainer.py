@@ -1,11 +1,10 @@
 """Meta-training as an importable generator: ``for record in train(cfg): ...``.
 
-No Ray, TensorBoard or Arrow in here: those are adapters that consume the
-records. Every ``val_every`` meta-iterations the trainer yields a record with
-kind "val"; after the last iteration it yields one with kind "test" (when
-``test_tasks`` > 0). A non-finite training loss ends the run with a record of
-kind "diverged". Checkpoints (model, Adam state, RNG state, iteration) are
-written atomically, and a record says where when one was written just before.
+No Ray or Arrow in here: those are adapters that consume the records, whose shape is
+:mod:`gs_tune.records`. Every ``val_every`` meta-iterations the trainer yields a ``val``
+record; after the last iteration a ``test`` record (when ``test_tasks`` > 0). A non-finite
+training loss ends the run with a ``diverged`` record. Checkpoints (model, Adam state, RNG
+state, iteration, running averages) are written atomically, and a val record says where.
 """
 
 from __future__ import annotations
@@ -22,15 +21,21 @@ import numpy as np
 import torch
 
 from gs_tune.algorithms import STAT_NAMES
-from gs_tune.config import TrainConfig
+from gs_tune.config import DEVICES, TrainConfig
 from gs_tune.data import FewShotDataset, TaskBatch, TaskSampler, load_dataset
 from gs_tune.errors import ConfigError
 from gs_tune.fileio import atomic_write, atomic_write_text
 from gs_tune.meta import adapt_and_evaluate, meta_gradient
 from gs_tune.models import build_model
+from gs_tune.records import Record, TrainPoint
+from gs_tune.stats import mean_interval
 
 CHECKPOINT_NAME = "checkpoint.pt"
+RESULT_NAME = "result.json"
 EVAL_CHUNK = 50  # tasks moved to the device at once during evaluation
+# the algorithms' statistic names as the records call them
+_RECORD_NAMES = dict(zip(STAT_NAMES, ("train_loss", "train_accuracy", "grad_norm", "correction_norm",
+                                      "grad_cosine")))
 
 
 def ahe_lambda(cfg: TrainConfig, iteration: int) -> float:
@@ -49,25 +54,19 @@ def ahe_lambda(cfg: TrainConfig, iteration: int) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ConfigError("device", f"got {name!r}, allowed: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for but torch sees no CUDA device; allowed here: auto, cpu")
     return torch.device(name)
-
-
-def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and half-width 1.96·sd/√M of the 95% confidence interval over M tasks."""
-    v = values.double().cpu()
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(1.96 * v.std(unbiased=True) / math.sqrt(len(v)))
 
 
 def evaluate(
     model: torch.nn.Module, tasks: TaskBatch, cfg: TrainConfig, device: torch.device, dtype: torch.dtype
 ) -> dict[str, float]:
-    """Adapt on each task's support set, score on its query set: mean loss, accuracy and CI."""
+    """Adapt on each task's support set, score on its query set: mean loss, accuracy and CI over tasks."""
     steps = cfg.eval_inner_steps or cfg.inner_steps
     losses, accs = [], []
     for start in range(0, tasks.num_tasks, EVAL_CHUNK):
@@ -75,8 +74,8 @@ def evaluate(
         loss, acc = adapt_and_evaluate(model, chunk, cfg.inner_lr, steps)
         losses.append(loss)
         accs.append(acc)
-    acc_mean, acc_ci = mean_ci95(torch.cat(accs))
-    return {"loss": float(torch.cat(losses).mean()), "accuracy": acc_mean, "ci95": acc_ci}
+    acc = mean_interval(torch.cat(accs).double().tolist(), over="tasks")
+    return {"loss": float(torch.cat(losses).mean()), "accuracy": acc.mean, "ci95": acc.half_width}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -91,133 +90,203 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def train(
-    cfg: TrainConfig,
-    *,
-    resume_from: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    dataset: FewShotDataset | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Meta-train ``cfg`` and yield metric records (see the module docstring).
+class _Window:
+    """Training statistics summed over the iterations since the window was last taken."""
 
-    ``checkpoint_dir`` (default ``cfg.out``) receives checkpoint.pt every
-    ``checkpoint_every`` iterations and at the end; ``resume_from`` is a
-    checkpoint file or a directory holding one.
-    """
-    device = resolve_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
-    data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
-    train_sampler = TaskSampler(data.meta_train(cfg.meta_train_splits), cfg.ways, cfg.shots, cfg.query,
-                                cfg.meta_train_splits)
-    val_sampler = TaskSampler(data.val, cfg.ways, cfg.shots, cfg.query, "val")
-    test_sampler = TaskSampler(data.test, cfg.ways, cfg.shots, cfg.query, "test") if cfg.test_tasks else None
+    def __init__(self, sums: dict[str, float] | None = None, count: int = 0):
+        self.sums = dict(sums) if sums else {k: 0.0 for k in STAT_NAMES}
+        self.count = count
 
-    # One seed, four independent streams: changing how many tasks one stream
-    # draws never shifts another, and every trial of a search with the same
-    # seed validates on the very same tasks.
-    train_seq, val_seq, test_seq, init_seq = np.random.SeedSequence(cfg.seed).spawn(4)
-    rng = np.random.default_rng(train_seq)
-    val_tasks = val_sampler.sample(cfg.val_tasks, np.random.default_rng(val_seq))
-    init_gen = torch.Generator().manual_seed(int(init_seq.generate_state(1)[0]))
-    model = build_model(cfg.model, data.image_shape, cfg.ways, cfg.filters, init_gen).to(device, dtype)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
+    def add(self, values: dict[str, float]) -> None:
+        for k in STAT_NAMES:
+            self.sums[k] += values[k]
+        self.count += 1
 
-    start_iteration, elapsed_before, train_seconds = 0, 0.0, 0.0
-    record: dict[str, Any] = {}  # the latest validation record
-    # training stats summed since the last validation; checkpointed so a resumed
-    # run averages over the same iterations as an uninterrupted one
-    sums = {k: 0.0 for k in STAT_NAMES}
-    counted = 0
-    if resume_from is not None:
-        path = Path(resume_from)
-        state = torch.load(path / CHECKPOINT_NAME if path.is_dir() else path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        rng.bit_generator.state = state["rng"]
-        start_iteration, elapsed_before = state["iteration"], state["elapsed_s"]
-        train_seconds = state["train_seconds"]
-        record = state.get("last_record", {})
-        sums, counted = state.get("sums", sums), state.get("counted", 0)
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (Path(cfg.out) if cfg.out else None)
+    def take(self, lam: float) -> dict[str, float]:
+        """The averages under their record names (with the λ in force), and a fresh window."""
+        out = {_RECORD_NAMES[k]: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.__init__()
+        return {**out, "ahe_lambda": lam}
 
-    def checkpoint(iteration: int, elapsed: float) -> str | None:
-        if ckpt_dir is None:
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+
+class RunState:
+    """Everything that makes a run resumable, and the checkpoint that saves and restores it."""
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, rng: np.random.Generator):
+        self.cfg, self.model, self.rng = cfg, model, rng
+        self.optimiser = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
+        self.iteration, self.elapsed_before, self.train_seconds = 0, 0.0, 0.0
+        self.started = time.perf_counter()
+        # averaged since the last validation / the last log point; checkpointed so a resumed run
+        # averages over the same iterations as an uninterrupted one
+        self.since_val, self.since_log = _Window(), _Window()
+        self.train_log: list[TrainPoint] = []
+        self.last_val: dict[str, Any] = {}
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def restore(self, path: str | Path, device: torch.device) -> None:
+        path = Path(path)
+        state = torch.load(path / CHECKPOINT_NAME if path.is_dir() else path, map_location=device,
+                           weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.rng.bit_generator.state = state["rng"]
+        self.iteration, self.elapsed_before = state["iteration"], state["elapsed_s"]
+        self.train_seconds, self.last_val = state["train_seconds"], state["last_val"]
+        self.since_val, self.since_log = _Window(**state["since_val"]), _Window(**state["since_log"])
+        self.train_log = state["train_log"]
+
+    def checkpoint(self, directory: Path | None) -> str | None:
+        if directory is None:
             return None
-        path = ckpt_dir / CHECKPOINT_NAME
+        path = directory / CHECKPOINT_NAME
         save_checkpoint(path, {
-            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "rng": rng.bit_generator.state,
-            "iteration": iteration, "elapsed_s": elapsed, "train_seconds": train_seconds,
-            "config": cfg.as_dict(), "last_record": record,
-            "sums": sums, "counted": counted,
+            "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
+            "rng": self.rng.bit_generator.state, "iteration": self.iteration, "elapsed_s": self.elapsed(),
+            "train_seconds": self.train_seconds, "config": self.cfg.as_dict(), "last_val": self.last_val,
+            "since_val": self.since_val.state(), "since_log": self.since_log.state(),
+            "train_log": self.train_log,
         })
         return str(path)
 
-    progress = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=cfg.iterations, initial=start_iteration, desc=cfg.algorithm, unit="it")
-    started = time.perf_counter()
-    for iteration in range(start_iteration, cfg.iterations):
+    def step(self, sampler: TaskSampler, device: torch.device, dtype: torch.dtype) -> tuple[dict[str, float], float]:
+        """One meta-iteration: the algorithm's statistics and the λ it ran with."""
         t0 = time.perf_counter()
-        lam = ahe_lambda(cfg, iteration)
-        tasks = train_sampler.sample(cfg.meta_batch, rng).to(device, dtype)
-        grads, stats = meta_gradient(model, tasks, cfg.algorithm, cfg.algo_hparams(lam))
-        optimiser.zero_grad(set_to_none=False)
-        for name, p in model.named_parameters():
+        lam = ahe_lambda(self.cfg, self.iteration)
+        tasks = sampler.sample(self.cfg.meta_batch, self.rng).to(device, dtype)
+        grads, stats = meta_gradient(self.model, tasks, self.cfg.algorithm, self.cfg.algo_hparams(lam))
+        self.optimiser.zero_grad(set_to_none=False)
+        for name, p in self.model.named_parameters():
             p.grad = grads[name]
-        optimiser.step()
-        values = {k: float(v) for k, v in stats.items()}
-        train_seconds += time.perf_counter() - t0
-        done = iteration + 1
-        elapsed = elapsed_before + time.perf_counter() - started
-        if not math.isfinite(values["query_loss"]):
-            # val_accuracy 0 ranks a diverged run below any real one for the searcher
-            yield {"kind": "diverged", "iteration": done, "elapsed_s": elapsed, "val_accuracy": 0.0,
-                   "train_loss": values["query_loss"], "sec_per_iter": train_seconds / done}
-            return
-        for k, v in values.items():
-            sums[k] += v
-        counted += 1
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{values['query_loss']:.3f}", acc=f"{values['query_accuracy']:.2f}")
-        if done % cfg.val_every and done != cfg.iterations:
-            if ckpt_dir is not None and done % cfg.checkpoint_every == 0:
-                checkpoint(done, elapsed)
-            continue
-        val = evaluate(model, val_tasks, cfg, device, dtype)
-        record = {
-            "kind": "val", "iteration": done, "elapsed_s": elapsed_before + time.perf_counter() - started,
-            "sec_per_iter": train_seconds / done,
-            "train_loss": sums["query_loss"] / counted, "train_accuracy": sums["query_accuracy"] / counted,
-            "grad_norm": sums["grad_norm"] / counted, "correction_norm": sums["correction_norm"] / counted,
-            "grad_cosine": sums["grad_cosine"] / counted, "ahe_lambda": lam,
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_ci95": val["ci95"],
-        }
-        sums = {k: 0.0 for k in STAT_NAMES}
-        counted = 0
-        saved = checkpoint(done, record["elapsed_s"])
-        yield {**record, "checkpoint": saved}
-    if progress is not None:
-        progress.close()
+        self.optimiser.step()
+        self.train_seconds += time.perf_counter() - t0
+        self.iteration += 1
+        return {k: float(v) for k, v in stats.items()}, lam
 
-    # The final record repeats the last validation so a consumer that keeps only
-    # the last record (Ray Tune's searchers do) still sees every metric.
-    final: dict[str, Any] = {**record, "kind": "test", "iteration": cfg.iterations,
-                             "sec_per_iter": train_seconds / max(cfg.iterations, 1)}
-    if test_sampler is not None:
-        test_tasks = test_sampler.sample(cfg.test_tasks, np.random.default_rng(test_seq))
-        test = evaluate(model, test_tasks, cfg, device, dtype)
-        final.update(test_loss=test["loss"], test_accuracy=test["accuracy"], test_ci95=test["ci95"])
-    final.update(
-        elapsed_s=elapsed_before + time.perf_counter() - started, peak_memory_mb=peak_memory_mb(device),
-        device=str(device),
-    )
-    if cfg.out:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        result = {"config": cfg.as_dict(), **{k: v for k, v in final.items() if k != "kind"}}
-        atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
-    if test_sampler is not None or cfg.out:
-        yield final
+
+class _Samplers:
+    """The run's task streams. One seed, four independent streams: changing how many tasks one
+    stream draws never shifts another, and every trial of a search with the same seed validates
+    on the very same tasks."""
+
+    def __init__(self, cfg: TrainConfig, data: FewShotDataset):
+        train_seq, val_seq, self.test_seq, init_seq = np.random.SeedSequence(cfg.seed).spawn(4)
+        self.rng = np.random.default_rng(train_seq)
+        self.train = TaskSampler(data.meta_train(cfg.meta_train_splits), cfg.ways, cfg.shots, cfg.query,
+                                 cfg.meta_train_splits)
+        self.val_tasks = TaskSampler(data.val, cfg.ways, cfg.shots, cfg.query, "val").sample(
+            cfg.val_tasks, np.random.default_rng(val_seq))
+        self.test = TaskSampler(data.test, cfg.ways, cfg.shots, cfg.query, "test") if cfg.test_tasks else None
+        self.init_gen = torch.Generator().manual_seed(int(init_seq.generate_state(1)[0]))
+
+    def test_tasks(self, n: int) -> TaskBatch:
+        assert self.test is not None
+        return self.test.sample(n, np.random.default_rng(self.test_seq))
+
+
+def _val_record(run: RunState, val: dict[str, float], lam: float, device: torch.device) -> Record:
+    done = run.iteration
+    return {
+        "kind": "val", "iteration": done, "elapsed_s": run.elapsed(), "sec_per_iter": run.train_seconds / done,
+        "peak_memory_mb": peak_memory_mb(device), "device": str(device), **run.since_val.take(lam),
+        "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_ci95": val["ci95"],
+        "train_log": run.train_log,
+    }
+
+
+def _write_result(out: Path, cfg: TrainConfig, last_val: dict[str, Any], test: Record | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    kept = {k: v for k, v in last_val.items() if k not in ("kind", "checkpoint", "train_log")}
+    result = {"config": cfg.as_dict(), **kept, **{k: v for k, v in (test or {}).items() if k != "kind"}}
+    atomic_write_text(out / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+
+
+def _progress_bar(enabled: bool, cfg: TrainConfig, start: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.iterations, initial=start, desc=cfg.algorithm, unit="it")
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    device: str = "auto",
+    out: str | Path | None = None,
+    progress: bool = False,
+    tensorboard: bool = False,
+    resume_from: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    dataset: FewShotDataset | None = None,
+) -> Iterator[Record]:
+    """Meta-train ``cfg`` and yield :class:`gs_tune.records.Record` s (see the module docstring).
+
+    ``device`` is auto, cpu or cuda. ``out`` receives checkpoint.pt and result.json (and, with
+    ``tensorboard``, TensorBoard scalars under out/tensorboard); ``checkpoint_dir`` (default
+    ``out``) receives checkpoint.pt every ``checkpoint_every`` iterations and at every
+    validation; ``resume_from`` is a checkpoint file or a directory holding one.
+    """
+    if tensorboard and out is None:
+        raise ConfigError("tensorboard", "needs an output directory (out) to write to")
+    records = _train(cfg, resolve_device(device), Path(out) if out is not None else None, progress,
+                     resume_from, Path(checkpoint_dir) if checkpoint_dir is not None else None, dataset)
+    if not tensorboard:
+        return records
+    from gs_tune.results.tensorboard import log_records  # an adapter around the records
+
+    return log_records(records, Path(out) / "tensorboard", cfg.as_dict())
+
+
+def _train(
+    cfg: TrainConfig, device: torch.device, out: Path | None, progress: bool, resume_from: str | Path | None,
+    checkpoint_dir: Path | None, dataset: FewShotDataset | None,
+) -> Iterator[Record]:
+    dtype = getattr(torch, cfg.dtype)
+    data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
+    streams = _Samplers(cfg, data)
+    model = build_model(cfg.model, data.image_shape, cfg.ways, cfg.filters, streams.init_gen).to(device, dtype)
+    run = RunState(cfg, model, streams.rng)
+    if resume_from is not None:
+        run.restore(resume_from, device)
+    ckpt_dir = checkpoint_dir if checkpoint_dir is not None else out
+    bar = _progress_bar(progress, cfg, run.iteration)
+    try:
+        while run.iteration < cfg.iterations:
+            values, lam = run.step(streams.train, device, dtype)
+            done = run.iteration
+            if not math.isfinite(values["query_loss"]):
+                yield {"kind": "diverged", "iteration": done, "elapsed_s": run.elapsed(),
+                       "train_loss": values["query_loss"], "sec_per_iter": run.train_seconds / done}
+                return
+            run.since_val.add(values)
+            run.since_log.add(values)
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                run.train_log.append({"iteration": done, **run.since_log.take(lam)})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['query_loss']:.3f}", acc=f"{values['query_accuracy']:.2f}")
+            if done % cfg.val_every and done != cfg.iterations:
+                if done % cfg.checkpoint_every == 0:
+                    run.checkpoint(ckpt_dir)
+                continue
+            run.last_val = _val_record(run, evaluate(model, streams.val_tasks, cfg, device, dtype), lam, device)
+            run.train_log = []
+            yield {**run.last_val, "checkpoint": run.checkpoint(ckpt_dir)}
+    finally:
+        if bar is not None:
+            bar.close()
+    test: Record | None = None
+    if streams.test is not None:
+        scored = evaluate(model, streams.test_tasks(cfg.test_tasks), cfg, device, dtype)
+        test = {"kind": "test", "iteration": cfg.iterations, "test_loss": scored["loss"],
+                "test_accuracy": scored["accuracy"], "test_ci95": scored["ci95"]}
+    if out is not None:
+        _write_result(out, cfg, run.last_val, test)
+    if test is not None:
+        yield test

@@ -1,13 +1,16 @@
 """The Ray Tune trainable: one trial = one Ray actor running the trainer.
 
 Ray's reporting API has changed often; every call into it for a running trial
-is in this file.
+is in this file. So is the one place where records are reshaped for a scheduler:
+ASHA stops a trial at its first report with iteration >= max_t, so whatever the
+trainer yields after its last validation must travel in that same report.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +19,41 @@ import torch
 from ray import tune
 
 from gs_tune.config import train_config
+from gs_tune.records import Record
 from gs_tune.trainer import train
-
-# Config keys a trial's environment decides rather than the search space.
-RUNTIME_KEYS = ("device", "progress", "out", "tensorboard")
 
 
 def _reportable(record: dict[str, Any]) -> dict[str, Any]:
-    """Ray metrics must be plain scalars; NaN stats (not computed) are left out."""
-    out = {}
+    """Ray metrics are plain scalars (plus the train_log list); NaN stats (not computed) are left out."""
+    out: dict[str, Any] = {}
     for key, value in record.items():
         if isinstance(value, float) and not math.isfinite(value):
             continue
-        if isinstance(value, (int, float, str, bool)):
+        if isinstance(value, (int, float, str, bool)) or key == "train_log":
             out[key] = value
     return out
+
+
+def for_scheduler(records: Iterable[Record], iterations: int, test_follows: bool) -> Iterator[Record]:
+    """The trainer's records as Tune should see them.
+
+    * The last validation is held back when a test record follows, and sent merged with it as one
+      ``val`` report (ASHA would stop the trial at the validation and drop the test).
+    * A diverged record gets val_accuracy 0, which ranks it below any real trial for the searcher.
+    """
+    held: Record | None = None
+    for record in records:
+        if record["kind"] == "val" and record["iteration"] >= iterations and test_follows:
+            held = record
+            continue
+        if record["kind"] == "test" and held is not None:
+            record = {**held, **{k: v for k, v in record.items() if k not in ("kind", "iteration")}}
+            held = None
+        elif record["kind"] == "diverged":
+            record = {**record, "val_accuracy": 0.0}
+        yield record
+    if held is not None:  # the consumer of a test that never came still gets the validation
+        yield held
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -42,8 +65,8 @@ def run_trial(config: dict[str, Any]) -> None:
     gpu_ids = ray.get_gpu_ids()
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
-    values = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
-    cfg = train_config(values, device="cuda" if gpu_ids else "cpu", progress=False)
+    cfg = train_config(config)
+    device = "cuda" if gpu_ids else "cpu"
     node = ray.util.get_node_ip_address()
 
     with tempfile.TemporaryDirectory(prefix="gs-tune-trial-") as work:
@@ -53,16 +76,8 @@ def run_trial(config: dict[str, Any]) -> None:
         if checkpoint is not None:
             resume_from = Path(checkpoint.to_directory(str(work_dir / "restored")))
         ckpt_dir = work_dir / "checkpoint"
-        held = None  # checkpoint of the last validation, reported with the test record
-        for record in train(cfg, resume_from=resume_from, checkpoint_dir=ckpt_dir):
+        records = train(cfg, device=device, resume_from=resume_from, checkpoint_dir=ckpt_dir)
+        for record in for_scheduler(records, cfg.iterations, test_follows=cfg.test_tasks > 0):
             saved = record.pop("checkpoint", None)
-            if record["kind"] == "val" and record["iteration"] >= cfg.iterations and cfg.test_tasks:
-                # ASHA stops a trial at its first report with iteration >= max_t (= iterations), so a
-                # test record sent after the last validation would never arrive: the test record,
-                # which repeats the last validation, is sent in its place, as that validation.
-                held = saved
-                continue
-            if record["kind"] == "test" and record.get("val_accuracy") is not None:
-                record, saved = {**record, "kind": "val"}, saved or held
-            metrics = _reportable({**record, "node": node, "device": str(cfg.device), "seed": cfg.seed})
+            metrics = _reportable({"device": device, **record, "node": node, "seed": cfg.seed})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if saved else None)
