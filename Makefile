@@ -8,15 +8,15 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[dev,bench,dashboard]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench,dashboard]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,6 +34,18 @@ bench: install
 	$(BIN)/python benchmarks/meta_gradient_cost.py
 	$(BIN)/python benchmarks/hvp_accuracy.py
 	$(BIN)/python benchmarks/search_overhead.py
+
+# Re-resolve every dependency to its newest release and rewrite constraints.txt (then run make test).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet $(TORCH_SPEC)
+	.venv-lock/bin/pip install --quiet -e ".[dev,bench,dashboard]"
+	{ sed -n '1,/^# and commit this file/p' constraints.txt; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v -e '^torch==' -e '^gs-tune'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) *.egg-info
