@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
 import resource
 import time
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ import torch
 from gs_tune.algorithms import STAT_NAMES
 from gs_tune.config import DEVICES, TrainConfig
 from gs_tune.data import FewShotDataset, TaskBatch, TaskSampler, load_dataset
-from gs_tune.errors import ConfigError
+from gs_tune.errors import CheckpointError, ConfigError
 from gs_tune.fileio import atomic_write, atomic_write_text
 from gs_tune.meta import adapt_and_evaluate, meta_gradient
 from gs_tune.models import build_model
@@ -59,7 +61,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda was asked for but torch sees no CUDA device; allowed here: auto, cpu")
+        # Ray sets CUDA_VISIBLE_DEVICES for a trial holding a GPU share; a CPU build of torch, or a
+        # node that only declares GPUs, is the usual cause, and both show in these two facts.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        build = f"torch {torch.__version__}, " + (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only")
+        raise ConfigError("device", f"cuda was asked for but torch sees no CUDA device (CUDA_VISIBLE_DEVICES="
+                                    f"{visible}, {build} build); allowed here: auto, cpu")
     return torch.device(name)
 
 
@@ -88,6 +95,21 @@ def peak_memory_mb(device: torch.device) -> float:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's state, loaded with ``weights_only=True`` whatever torch's default: tensors,
+    numbers, strings and containers only, so a tampered file cannot run code when it is read."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint: {path} does not exist") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint: {path} holds more than tensors and plain values, refused "
+                              f"({first[:160]})") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"checkpoint: {path} cannot be read ({str(exc).splitlines()[0][:160]})") from None
 
 
 class _Window:
@@ -131,8 +153,7 @@ class RunState:
 
     def restore(self, path: str | Path, device: torch.device) -> None:
         path = Path(path)
-        state = torch.load(path / CHECKPOINT_NAME if path.is_dir() else path, map_location=device,
-                           weights_only=True)
+        state = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path, device)
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.rng.bit_generator.state = state["rng"]

@@ -19,7 +19,7 @@ import torch
 from gs_tune import trainer
 from gs_tune.config import train_config
 from gs_tune.data import load_dataset
-from gs_tune.errors import ConfigError
+from gs_tune.errors import CheckpointError, ConfigError
 from gs_tune.records import RUN_FIELDS, TEST_FIELDS, TRAIN_FIELDS, VAL_FIELDS
 from gs_tune.trainer import CHECKPOINT_NAME, ahe_lambda, train
 
@@ -296,3 +296,34 @@ def test_train_val_meta_training_draws_val_classes_too(digits, monkeypatch):
     assert drawn.count((cfg.meta_batch, digits.train.num_classes + digits.val.num_classes)) == 2
     with pytest.raises(ConfigError, match="meta_train_splits"):
         train_config(SMALL, meta_train_splits="val")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_tampered_checkpoint_is_refused(baseline, digits, tmp_path):
+    cfg = train_config(SMALL)
+    list(train(cfg, dataset=digits, checkpoint_dir=tmp_path, out=None))
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    state["payload"] = _RunsCode()
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="holds more than tensors and plain values, refused"):
+        next(train(cfg, dataset=digits, resume_from=tmp_path))
+
+
+def test_a_truncated_checkpoint_is_one_error(digits, tmp_path):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 not a whole file")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        next(train(train_config(SMALL), dataset=digits, resume_from=tmp_path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_device_names_cuda_visible_devices_and_the_build(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(ConfigError) as info:
+        train(train_config(SMALL), device="cuda")
+    message = str(info.value)
+    assert message.startswith("device: cuda was asked for but torch sees no CUDA device")
+    assert "CUDA_VISIBLE_DEVICES=0" in message and f"torch {torch.__version__}" in message
