@@ -68,6 +68,8 @@ def run_trial(config: dict[str, Any]) -> None:
     cfg = train_config(config)
     device = "cuda" if gpu_ids else "cpu"
     node = ray.util.get_node_ip_address()
+    # the IP names a host; several Ray nodes may share one, so the node id says which ran a report
+    node_id = ray.get_runtime_context().get_node_id()
 
     with tempfile.TemporaryDirectory(prefix="gs-tune-trial-") as work:
         work_dir = Path(work)
@@ -79,5 +81,6 @@ def run_trial(config: dict[str, Any]) -> None:
         records = train(cfg, device=device, resume_from=resume_from, checkpoint_dir=ckpt_dir)
         for record in for_scheduler(records, cfg.iterations, test_follows=cfg.test_tasks > 0):
             saved = record.pop("checkpoint", None)
-            metrics = _reportable({"device": device, **record, "node": node, "seed": cfg.seed})
+            metrics = _reportable({"device": device, **record, "node": node, "node_id": node_id,
+                                   "seed": cfg.seed})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if saved else None)
