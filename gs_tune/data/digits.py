@@ -88,7 +88,8 @@ def build_symmetry_dataset(
     drop: dict[int, tuple[str, ...]] = NEAR_DUPLICATES,
     splits: dict[str, tuple[int, ...]] = DIGIT_SPLITS,
 ) -> FewShotDataset:
-    """Few-shot dataset from [N, H, W] digit images in [0, 1] with labels 0..9."""
+    """Few-shot dataset from [N, H, W] digit images with labels 0..9: uint8 pixels stay uint8 (the
+    symmetries only move them) unless resized; float images in [0, 1] stay float."""
     out = {}
     for split_name, digits in splits.items():
         xs, ys, names = [], [], []
@@ -100,10 +101,14 @@ def build_symmetry_dataset(
                 xs.append(apply_transform(base, t))
                 ys.append(np.full(len(base), len(names), dtype=np.int64))
                 names.append(f"{digit}_{t}")
-        x = torch.from_numpy(np.concatenate(xs).astype(np.float32))[:, None]
+        x = np.concatenate(xs)[:, None]
         if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        out[split_name] = ClassSplit(x.numpy(), np.concatenate(ys), tuple(names))
+            scale = 255.0 if x.dtype == np.uint8 else 1.0
+            t = torch.from_numpy(x.astype(np.float32) / scale)
+            x = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).numpy()
+        elif x.dtype != np.uint8:
+            x = x.astype(np.float32)
+        out[split_name] = ClassSplit(x, np.concatenate(ys), tuple(names))
     return FewShotDataset(name, out["train"], out["val"], out["test"])
 
 

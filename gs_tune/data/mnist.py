@@ -19,8 +19,10 @@ Training and test files are pooled (the few-shot split is by digit, so
 MNIST's own split has no meaning here) and only the first ``max_per_class``
 examples of each digit, in file order, train file first, are kept: every
 example becomes 8 transformed copies, and all 70,000 would need
-8 × 70,000 × 28 × 28 × 4 bytes ≈ 1.7 GB of float32, while 1,000 per digit
-(250 MB) is far more than any few-shot task draws from one class.
+8 × 70,000 × 28 × 28 bytes ≈ 440 MB, while 1,000 per digit (50 MB of uint8
+pixels, kept as they are in the files: the symmetries only move them) is far
+more than any few-shot task draws from one class. The result is cached like
+every file dataset (:mod:`gs_tune.data.cache`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gs_tune.data.cache import Source, fingerprint, load_or_build
 from gs_tune.data.digits import DIGIT_SPLITS, NEAR_DUPLICATES, build_symmetry_dataset
 from gs_tune.data.tasks import FewShotDataset
 from gs_tune.errors import DataError
@@ -85,8 +88,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _read_pair(root: Path, images_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
-    images_path, labels_path = _find(root, images_name), _find(root, labels_name)
+def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -100,17 +102,23 @@ def _read_pair(root: Path, images_name: str, labels_name: str) -> tuple[np.ndarr
     return images, labels
 
 
-def load_mnist(root: str, max_per_class: int = 1000) -> FewShotDataset:
-    """MNIST's 28×28 digits as the 64-class symmetry dataset of :mod:`gs_tune.data.digits`."""
+def mnist_source(root: str, max_per_class: int = 1000) -> Source:
+    """The four IDX files in ``root``, checked present; decoding reads and checks their contents."""
     if max_per_class < 1:
         raise DataError(f"mnist: max_per_class must be >= 1, got {max_per_class}")
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"mnist: data root {base} is not a directory holding the MNIST IDX files")
-    pairs = [_read_pair(base, *FILES[part]) for part in ("train", "test")]
-    images = np.concatenate([p[0] for p in pairs])
-    labels = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+    pairs = [(_find(base, images), _find(base, labels)) for images, labels in FILES.values()]
+    files = [path for pair in pairs for path in pair]
+    return Source("mnist", base, "idx", fingerprint(base, files), lambda: _decode(base, pairs, max_per_class),
+                  params={"max_per_class": max_per_class}, items=len(files))
 
+
+def _decode(base: Path, pairs: list[tuple[Path, Path]], max_per_class: int) -> FewShotDataset:
+    read = [_read_pair(*pair) for pair in pairs]
+    images = np.concatenate([r[0] for r in read])
+    labels = np.concatenate([r[1] for r in read]).astype(np.int64)
     keep = []
     for digit in range(10):
         idx = np.flatnonzero(labels == digit)
@@ -119,7 +127,12 @@ def load_mnist(root: str, max_per_class: int = 1000) -> FewShotDataset:
         keep.append(idx[:max_per_class])
     # file order within each digit is kept so "the first N" is the same N on every machine
     picked = np.sort(np.concatenate(keep))
-    scaled = images[picked].astype(np.float32) / 255.0
     return build_symmetry_dataset(
-        "mnist", scaled, labels[picked], size=IMAGE_SIZE, drop=NEAR_DUPLICATES, splits=DIGIT_SPLITS
+        "mnist", images[picked], labels[picked], size=IMAGE_SIZE, drop=NEAR_DUPLICATES, splits=DIGIT_SPLITS
     )
+
+
+def load_mnist(root: str, max_per_class: int = 1000) -> FewShotDataset:
+    """MNIST's 28×28 digits as the 64-class symmetry dataset of :mod:`gs_tune.data.digits`, uint8,
+    from the cache (built on first use)."""
+    return load_or_build(mnist_source(root, max_per_class)).dataset

@@ -125,12 +125,15 @@ def test_sampler_rejects_impossible_tasks(digits: FewShotDataset) -> None:
 def test_meta_train_splits(digits: FewShotDataset) -> None:
     assert digits.meta_train("train") is digits.train
     both = digits.meta_train("train+val")
+    # joined in place: the splits themselves, no concatenated copy of their images
+    assert both.parts[0] is digits.train and both.parts[1] is digits.val and not hasattr(both, "images")
     assert both.class_names == digits.train.class_names + digits.val.class_names
     assert len(both.labels) == len(digits.train.labels) + len(digits.val.labels)
-    # each merged class holds exactly the images of the class of that name in its own split
-    for c, name in enumerate(both.class_names):
+    # each joined class holds exactly the images of the class of that name in its own split
+    for c, (name, rows) in enumerate(zip(both.class_names, both.class_indices())):
         split = digits.train if c < digits.train.num_classes else digits.val
         own = split.images[split.labels == split.class_names.index(name)]
-        assert np.array_equal(both.images[both.labels == c], own)
+        assert np.array_equal(both.take(rows), own)
+        assert np.all(both.labels[rows] == c)
     with pytest.raises(DataError, match="meta_train_splits.*allowed: train, train\\+val"):
         digits.meta_train("test")

@@ -1,68 +1,60 @@
 """The MNIST, Omniglot and miniImageNet loaders, on tiny files in the real formats.
 
 No dataset can be downloaded here, so each test writes a few images laid out
-exactly as the official releases are (IDX headers, PNG tree, csv + JPEG) and
-checks what the loaders make of them.
+exactly as the official releases are (IDX headers, PNG tree or zips, csv + JPEG,
+the shared pickles; see dataset_files.py) and checks what the loaders make of them.
 """
 
 from __future__ import annotations
 
-import gzip
-import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+import torch
+from dataset_files import (
+    COLORS,
+    MINI_CLASSES,
+    OMNIGLOT_TREE,
+    SPLIT_NAMES,
+    write_mini,
+    write_mini_pickles,
+    write_mnist,
+    write_omniglot,
+    zip_omniglot,
+)
 
 from gs_tune.data import FewShotDataset, TaskSampler, load_dataset
-from gs_tune.data.miniimagenet import cache_path, load_miniimagenet
+from gs_tune.data.miniimagenet import load_miniimagenet, miniimagenet_source
 from gs_tune.data.mnist import load_mnist
 from gs_tune.data.omniglot import load_omniglot, split_sizes
+from gs_tune.data.prepare import prepare
 from gs_tune.errors import DataError
-
-SPLIT_NAMES = ("train", "val", "test")
 
 
 def assert_images(ds: FewShotDataset, shape: tuple[int, int, int]) -> None:
     for s in SPLIT_NAMES:
         split = ds.split(s)
-        assert split.images.dtype == np.float32 and split.images.shape[1:] == shape
-        assert split.images.min() >= 0.0 and split.images.max() <= 1.0
+        assert split.images.dtype == np.uint8 and split.images.shape[1:] == shape
+        assert isinstance(split.images, np.memmap)  # read from the cache, not a private copy
         assert set(np.unique(split.labels)) == set(range(split.num_classes))
 
 
 def sample_one(ds: FewShotDataset, ways: int, shots: int, query: int) -> None:
-    batch = TaskSampler(ds.train, ways, shots, query).sample(2, np.random.default_rng(0))
+    batch = TaskSampler(ds.train, ways, shots, query).sample(2, np.random.default_rng(0)).to("cpu")
     assert batch.x_support.shape == (2, ways * shots, *ds.image_shape)
     assert batch.x_query.shape == (2, ways * query, *ds.image_shape)
+    assert batch.x_support.dtype == torch.float32 and 0 <= batch.x_support.min() <= batch.x_support.max() <= 1
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
 
 
 # ---------------------------------------------------------------- MNIST
-
-
-def write_idx(path: Path, data: np.ndarray, gz: bool) -> None:
-    header = bytes([0, 0, 0x08, data.ndim]) + np.array(data.shape, dtype=">i4").tobytes()
-    raw = header + data.astype(np.uint8).tobytes()
-    if gz:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(raw)
-    else:
-        path.write_bytes(raw)
-
-
-def write_mnist(root: Path, gz: bool, per_digit: tuple[int, int] = (3, 2)) -> np.ndarray:
-    """Constant images whose value is the example's pooled index, so the kept ones are traceable."""
-    index = 0
-    for part, n in zip(("train", "t10k"), per_digit):
-        labels = np.repeat(np.arange(10), n)
-        images = np.empty((len(labels), 28, 28), dtype=np.uint8)
-        for i in range(len(labels)):
-            images[i] = index
-            index += 1
-        write_idx(root / f"{part}-images-idx3-ubyte", images, gz)
-        write_idx(root / f"{part}-labels-idx1-ubyte", labels, gz)
-    return np.concatenate([np.repeat(np.arange(10), n) for n in per_digit])
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -83,7 +75,7 @@ def test_mnist_keeps_first_examples_per_digit(tmp_path: Path) -> None:
     for s in SPLIT_NAMES:
         split = ds.split(s)
         for c, name in enumerate(split.class_names):
-            kept = {round(v * 255) for v in split.images[split.labels == c, 0, 0, 0]}
+            kept = {int(v) for v in split.images[split.labels == c, 0, 0, 0]}  # pixels kept exactly
             assert kept == first4[int(name.split("_")[0])]
 
 
@@ -102,8 +94,9 @@ def test_mnist_accepts_dotted_names(tmp_path: Path) -> None:
 def test_mnist_missing_file(tmp_path: Path) -> None:
     write_mnist(tmp_path, gz=False)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte") as error:
         load_mnist(str(tmp_path))
+    one_line(error)
 
 
 def test_mnist_wrong_magic(tmp_path: Path) -> None:
@@ -114,45 +107,29 @@ def test_mnist_wrong_magic(tmp_path: Path) -> None:
         load_mnist(str(tmp_path))
 
 
-def test_mnist_truncated_and_corrupt_gz(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_truncated_idx_is_one_line(tmp_path: Path, gz: bool) -> None:
+    write_mnist(tmp_path, gz=gz)
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    path = tmp_path / name
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match=name) as error:
+        prepare("mnist", str(tmp_path))
+    message = one_line(error)
+    assert ("truncated" in message) if not gz else ("cannot read" in message)
+
+
+def test_mnist_corrupt_gz(tmp_path: Path) -> None:
     write_mnist(tmp_path, gz=False)
     path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.*truncated"):
-        load_mnist(str(tmp_path))
     path.unlink()
     Path(str(path) + ".gz").write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz") as error:
         load_mnist(str(tmp_path))
+    one_line(error)
 
 
 # ---------------------------------------------------------------- Omniglot
-
-OMNIGLOT_TREE = {
-    "images_background": {"Latin": 3, "Greek": 2},
-    "images_evaluation": {"Tengwar": 3},
-}
-
-
-def write_omniglot(root: Path, tree: dict[str, dict[str, int]], drawers: int = 5) -> int:
-    """Black-on-white 105×105 1-bit PNGs like the release's; returns the number of characters."""
-    rng = np.random.default_rng(0)
-    count = 0
-    for top, alphabets in tree.items():
-        for alphabet, n_chars in alphabets.items():
-            for c in range(1, n_chars + 1):
-                folder = root / top / alphabet / f"character{c:02d}"
-                folder.mkdir(parents=True)
-                count += 1
-                for d in range(1, drawers + 1):
-                    img = Image.new("1", (105, 105), 1)
-                    # an asymmetric stroke so rotations differ
-                    x0, y0 = rng.integers(10, 40, size=2)
-                    ImageDraw.Draw(img).line(
-                        [(x0, y0), (x0 + 50, y0 + 10), (x0 + 10, y0 + 60)], fill=0, width=6
-                    )
-                    img.save(folder / f"{count:04d}_{d:02d}.png")
-    return count
 
 
 def characters_of(ds: FewShotDataset, split: str) -> set[str]:
@@ -180,9 +157,9 @@ def test_omniglot_ink_rotations_and_determinism(tmp_path: Path) -> None:
     ds = load_omniglot(str(tmp_path), size=20)
     assert ds.image_shape == (1, 20, 20)
     train = ds.train
-    # thin strokes on a page: ink (1) is the minority, paper (0) the corners
-    assert train.images.mean() < 0.4 and train.images.max() > 0.9
-    assert np.all(train.images[:, 0, 0, 0] < 0.05)
+    # thin strokes on a page: ink (255) is the minority, paper (0) the corners
+    assert train.images.mean() < 0.4 * 255 and train.images.max() > 0.9 * 255
+    assert np.all(train.images[:, 0, 0, 0] < 0.05 * 255)
     names = list(train.class_names)
     base = names[0].rsplit("/", 1)[0]
     rot0 = train.images[train.labels == names.index(f"{base}/rot0")]
@@ -193,6 +170,31 @@ def test_omniglot_ink_rotations_and_determinism(tmp_path: Path) -> None:
     for s in SPLIT_NAMES:
         assert again.split(s).class_names == ds.split(s).class_names
         np.testing.assert_array_equal(again.split(s).images, ds.split(s).images)
+
+
+def test_omniglot_release_zips_equal_the_unzipped_tree(tmp_path: Path) -> None:
+    write_omniglot(tmp_path / "tree", OMNIGLOT_TREE)
+    zip_omniglot(tmp_path / "tree", tmp_path / "zips")
+    from_tree = load_omniglot(str(tmp_path / "tree"))
+    from_zips = prepare("omniglot", str(tmp_path / "zips"))
+    assert from_zips.source.kind == "zip"
+    for s in SPLIT_NAMES:
+        assert from_zips.opened.dataset.split(s).class_names == from_tree.split(s).class_names
+        np.testing.assert_array_equal(from_zips.opened.dataset.split(s).images, from_tree.split(s).images)
+
+
+def test_omniglot_corrupt_png_in_zip_is_one_line(tmp_path: Path) -> None:
+    write_omniglot(tmp_path / "tree", {"images_background": {"Latin": 3}}, drawers=2)
+    bad = next((tmp_path / "tree" / "images_background" / "Latin" / "character02").glob("*.png"))
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but the rest is gone")
+    zip_omniglot(tmp_path / "tree", tmp_path / "zips")
+    with pytest.raises(DataError, match=f"images_background.zip:.*{bad.name}") as error:
+        load_omniglot(str(tmp_path / "zips"))
+    one_line(error)
+    (tmp_path / "zips" / "images_background.zip").write_bytes(b"PK but not a zip")
+    with pytest.raises(DataError, match="images_background.zip is not a readable zip") as error:
+        load_omniglot(str(tmp_path / "zips"))
+    one_line(error)
 
 
 def test_omniglot_split_sizes_standard() -> None:
@@ -217,31 +219,12 @@ def test_omniglot_missing_and_corrupt(tmp_path: Path) -> None:
     write_omniglot(tmp_path, {"images_evaluation": {"Greek": 3}}, drawers=2)
     bad = next((tmp_path / "images_evaluation" / "Greek" / "character02").glob("*.png"))
     bad.write_bytes(b"not a png")
-    with pytest.raises(DataError, match=bad.name):
+    with pytest.raises(DataError, match=bad.name) as error:
         load_omniglot(str(tmp_path))
+    one_line(error)
 
 
 # ---------------------------------------------------------------- miniImageNet
-
-MINI_CLASSES = {
-    "train": ["n01", "n02", "n03", "n04", "n05"],
-    "val": ["n06", "n07"],
-    "test": ["n08", "n09", "n10"],
-}
-COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
-
-
-def write_mini(root: Path, per_class: int = 4) -> None:
-    """Solid-colour JPEGs (colour = class within split), some not square-sized, as in the real csvs."""
-    (root / "images").mkdir(parents=True)
-    for split, classes in MINI_CLASSES.items():
-        lines = ["filename,label"]
-        for ci, label in enumerate(classes):
-            for j in range(per_class):
-                name = f"{label}{j:08d}.jpg"
-                Image.new("RGB", (16, 16) if j % 2 else (30, 22), COLORS[ci]).save(root / "images" / name)
-                lines.append(f"{name},{label}")
-        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_miniimagenet_loads(tmp_path: Path) -> None:
@@ -255,50 +238,29 @@ def test_miniimagenet_loads(tmp_path: Path) -> None:
         # solid colours survive JPEG and resizing closely, and land on the right label
         for c in range(split.num_classes):
             mean = split.images[split.labels == c].mean(axis=(0, 2, 3))
-            np.testing.assert_allclose(mean, np.array(COLORS[c]) / 255.0, atol=0.03)
+            np.testing.assert_allclose(mean, np.array(COLORS[c]), atol=0.03 * 255)
     names = [set(ds.split(s).class_names) for s in SPLIT_NAMES]
     assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
     sample_one(ds, ways=5, shots=1, query=3)
-
-
-def test_miniimagenet_cache_reuse_and_invalidation(tmp_path: Path) -> None:
-    write_mini(tmp_path)
-    first = load_miniimagenet(str(tmp_path), size=16)
-    cache = cache_path(tmp_path, 16)
-    assert cache.is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    with np.load(cache) as data:
-        assert data["train_images"].dtype == np.uint8
-    # with the JPEGs gone, only the cache can answer
-    image = tmp_path / "images" / "n0100000000.jpg"
-    image.unlink()
-    second = load_miniimagenet(str(tmp_path), size=16)
-    for s in SPLIT_NAMES:
-        np.testing.assert_array_equal(second.split(s).images, first.split(s).images)
-        np.testing.assert_array_equal(second.split(s).labels, first.split(s).labels)
-        assert second.split(s).class_names == first.split(s).class_names
-    # a csv edited after the cache was written makes it stale, so the images are read again
-    later = cache.stat().st_mtime + 10
-    os.utime(tmp_path / "val.csv", (later, later))
-    with pytest.raises(DataError, match="n0100000000.jpg"):
-        load_miniimagenet(str(tmp_path), size=16)
 
 
 def test_miniimagenet_cache_per_size(tmp_path: Path) -> None:
     write_mini(tmp_path)
     assert load_dataset("miniimagenet", str(tmp_path)).image_shape == (3, 84, 84)
     assert load_miniimagenet(str(tmp_path), size=8).image_shape == (3, 8, 8)
-    assert cache_path(tmp_path, 84).is_file() and cache_path(tmp_path, 8).is_file()
+    caches = sorted(p.name for p in (tmp_path / "gs_tune_cache").iterdir())
+    assert caches == ["miniimagenet-size8", "miniimagenet-size84"]
 
 
 def test_miniimagenet_errors(tmp_path: Path) -> None:
     write_mini(tmp_path)
     (tmp_path / "val.csv").rename(tmp_path / "val.bak")
-    with pytest.raises(DataError, match="val.csv"):
+    with pytest.raises(DataError, match="val.csv") as error:
         load_miniimagenet(str(tmp_path), size=16)
+    one_line(error)
     (tmp_path / "val.bak").rename(tmp_path / "val.csv")
     (tmp_path / "images" / "n0700000002.jpg").unlink()
-    with pytest.raises(DataError, match="n0700000002.jpg"):
+    with pytest.raises(DataError, match="n0700000002.jpg listed in the split csv not found"):
         load_miniimagenet(str(tmp_path), size=16)
     (tmp_path / "test.csv").write_text("filename,label\nn0100000000.jpg,n01\n")
     with pytest.raises(DataError, match="'n01' is in both train.csv and test.csv"):
@@ -306,3 +268,52 @@ def test_miniimagenet_errors(tmp_path: Path) -> None:
     (tmp_path / "test.csv").write_text("file,class\nn0100000000.jpg,n11\n")
     with pytest.raises(DataError, match="test.csv must start with the header"):
         load_miniimagenet(str(tmp_path), size=16)
+
+
+def test_miniimagenet_corrupt_jpeg_is_one_line(tmp_path: Path) -> None:
+    write_mini(tmp_path)
+    bad = tmp_path / "images" / "n0600000001.jpg"
+    bad.write_bytes(bad.read_bytes()[:20])
+    with pytest.raises(DataError, match="n0600000001.jpg") as error:
+        prepare("miniimagenet", str(tmp_path))
+    assert one_line(error).startswith("miniimagenet: cannot read image")
+    assert not list((tmp_path / "gs_tune_cache").rglob("*.npy"))  # nothing half-written
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_miniimagenet_pickles_only_with_allow_pickle(tmp_path: Path, protocol: int) -> None:
+    write_mini_pickles(tmp_path, protocol=protocol)  # 84×84, the size of the real pickles
+    with pytest.raises(DataError, match="--allow-pickle") as error:
+        load_miniimagenet(str(tmp_path))
+    one_line(error)
+    done = prepare("miniimagenet", str(tmp_path / "."), allow_pickle=True)
+    assert done.source.kind == "pickle" and done.opened.built
+    ds = done.opened.dataset
+    for s in SPLIT_NAMES:
+        split = ds.split(s)
+        assert split.class_names == tuple(MINI_CLASSES[s]) and split.image_shape == (3, 84, 84)
+        for c in range(split.num_classes):
+            # each class's rows carry its own pixel values 10·c + j
+            assert set(np.unique(split.images[split.labels == c])) == {10 * c + j for j in range(3)}
+    # the cache built with --allow-pickle serves later loads without unpickling anything
+    again = load_miniimagenet(str(tmp_path))
+    np.testing.assert_array_equal(again.train.images, ds.train.images)
+
+
+def test_miniimagenet_pickle_with_code_is_refused(tmp_path: Path) -> None:
+    write_mini_pickles(tmp_path)
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    (tmp_path / "mini-imagenet-cache-val.pkl").write_bytes(pickle.dumps({"image_data": Exploit()}))
+    with pytest.raises(DataError, match="refused to unpickle .*builtins.print") as error:
+        prepare("miniimagenet", str(tmp_path), allow_pickle=True)
+    one_line(error)
+
+
+def test_miniimagenet_csv_wins_over_pickles(tmp_path: Path) -> None:
+    write_mini(tmp_path)
+    write_mini_pickles(tmp_path)
+    assert miniimagenet_source(str(tmp_path)).kind == "csv"
