@@ -1,4 +1,4 @@
-"""The identities of DESIGN.md §2, and each algorithm against an independent reference.
+"""The identities of docs/method.md, and each algorithm against an independent reference.
 
 The references below use plain ``torch.autograd`` through an explicit inner
 loop written here, not the package's helpers, so a shared mistake cannot hide.
@@ -79,7 +79,7 @@ def test_matches_plain_autograd_reference(name, algorithm, steps, make_model, ma
     assert rel(grads, reference(model, tasks, algorithm, 0.1, steps)) < 1e-10
 
 
-# --- DESIGN.md §2 identities 1, 2 and 4 -------------------------------------------
+# --- docs/method.md identities 1, 2 and 4 -------------------------------------------
 
 
 @pytest.mark.parametrize("hvp, eps, tol", [("exact", 1e-5, 1e-6), ("finite_difference", 1e-6, 1e-4)])
