@@ -276,6 +276,10 @@ def _train(
     if resume_from is not None:
         run.restore(resume_from, device)
     ckpt_dir = checkpoint_dir if checkpoint_dir is not None else out
+    if run.iteration >= cfg.iterations and run.last_val:
+        # resumed from the final checkpoint (a crash after the run's last report reached its
+        # checkpoint but not its consumer): say the last validation again instead of nothing
+        yield {**run.last_val, "checkpoint": run.checkpoint(ckpt_dir)}
     bar = _progress_bar(progress, cfg, run.iteration)
     try:
         while run.iteration < cfg.iterations:

@@ -327,3 +327,11 @@ def test_cuda_without_a_device_names_cuda_visible_devices_and_the_build(monkeypa
     message = str(info.value)
     assert message.startswith("device: cuda was asked for but torch sees no CUDA device")
     assert "CUDA_VISIBLE_DEVICES=0" in message and f"torch {torch.__version__}" in message
+
+
+def test_resuming_a_finished_run_says_its_last_validation_again(baseline, digits, tmp_path):
+    cfg = train_config(SMALL)
+    list(train(cfg, dataset=digits, checkpoint_dir=tmp_path))
+    again = list(train(cfg, dataset=digits, resume_from=tmp_path))
+    assert [r["kind"] for r in again] == ["val", "test"]
+    assert [comparable(r) for r in again] == [comparable(r) for r in baseline[1:]]

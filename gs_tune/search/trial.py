@@ -14,13 +14,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
 
 from gs_tune.config import train_config
 from gs_tune.records import Record
-from gs_tune.trainer import train
+from gs_tune.errors import CheckpointError
+from gs_tune.trainer import CHECKPOINT_NAME, load_checkpoint, train
 
 
 def _reportable(record: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +58,37 @@ def for_scheduler(records: Iterable[Record], iterations: int, test_follows: bool
         yield held
 
 
+def _newest_checkpoint(into: Path) -> Path | None:
+    """The newest checkpoint of this trial that loads, downloaded into ``into``.
+
+    Tune hands a restarted trial the checkpoint its experiment snapshot names. After a hard kill
+    of the driver that snapshot may lag what the trial had already persisted to storage (its
+    later checkpoints, even its final one), so the trial looks in its own storage directory and
+    continues from the newest whole checkpoint there; a half-copied one is skipped.
+    """
+    candidates: list[tune.Checkpoint] = []
+    try:
+        storage = tune.get_context().get_storage()
+        fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
+        names = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                        and i.base_name.startswith("checkpoint_")), reverse=True)
+        candidates = [tune.Checkpoint(f"{trial_path}/{name}", filesystem=fs) for name in names]
+    except (AttributeError, RuntimeError, OSError):
+        pass  # no storage context (a function run outside Tune): Tune's own choice below
+    given = tune.get_checkpoint()
+    if given is not None:
+        candidates.append(given)
+    for i, checkpoint in enumerate(candidates):
+        local = Path(checkpoint.to_directory(str(into / str(i))))
+        try:
+            load_checkpoint(local / CHECKPOINT_NAME)
+            return local
+        except CheckpointError:
+            continue
+    return None
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Meta-train one sampled configuration, reporting every validation to Ray Tune.
 
@@ -73,10 +106,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="gs-tune-trial-") as work:
         work_dir = Path(work)
-        resume_from = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume_from = Path(checkpoint.to_directory(str(work_dir / "restored")))
+        resume_from = _newest_checkpoint(work_dir / "restored")
         ckpt_dir = work_dir / "checkpoint"
         records = train(cfg, device=device, resume_from=resume_from, checkpoint_dir=ckpt_dir)
         for record in for_scheduler(records, cfg.iterations, test_follows=cfg.test_tasks > 0):
