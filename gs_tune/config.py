@@ -24,7 +24,7 @@ from gs_tune.errors import ConfigError
 ALGORITHMS = ("maml", "fomaml", "reptile", "ahe")
 DATASETS = ("digits", "mnist", "omniglot", "miniimagenet")
 MODELS = ("conv4", "mlp")
-HVP_MODES = ("finite_difference", "exact")
+HVP_MODES = ("exact", "finite_difference", "finite_difference_f32", "identity")
 AHE_AT = ("first_step", "all_steps")
 SCHEDULES = ("constant", "linear_warmup", "linear_decay", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,7 +35,7 @@ META_TRAIN_SPLITS = ("train", "train+val")
 
 @dataclass(frozen=True)
 class AlgoHParams:
-    """Hyperparameters of one meta-gradient computation (DESIGN.md §2)."""
+    """Hyperparameters of one meta-gradient computation (docs/method.md)."""
 
     inner_lr: float = 0.4
     """α: SGD step size of the inner (task-adaptation) loop."""
@@ -47,13 +47,16 @@ class AlgoHParams:
     """Weight of the squared-error term w_l2·‖g_S − g_Q‖² (ahe only)."""
     w_dot: float = 0.0
     """Weight of the dot term −w_dot·⟨g_S, g_Q⟩; w_dot = inner_lr recovers MAML at K = 1."""
-    hvp: str = "finite_difference"
-    """How H_S·u is computed: central finite difference (first-order) or exact (jvp of grad)."""
-    fd_eps: float = 1e-6
-    """Step of the central finite difference along û = u/‖u‖. A ReLU or max-pool kink
-    crossed inside ±ε adds an error of order jump/ε, float32 rounding one of ~1e-7/ε:
-    on Conv-4 with digits, ε ≥ 3e-6 gave rare errors of 1e3× (kinks), ε = 1e-6 a steady
-    ~30% and none above 36% (benchmarks/hvp_accuracy.py, BENCHMARKS.md)."""
+    hvp: str = "exact"
+    """How AHE computes H_S·u: exact (reverse-over-reverse on the first support gradient's own
+    graph: exact to rounding, about the cost of the old float32 difference), finite_difference
+    (central difference, its two gradients in float64), finite_difference_f32 (the same in the
+    model's dtype: ~30% off in float32, kept for the record), identity (H ≈ I: u as is).
+    Error and cost of each: BENCHMARKS.md §2; docs/method.md."""
+    fd_eps: float | None = None
+    """Step ε of the finite-difference modes along û = u/‖u‖; None: 1e-7 for finite_difference,
+    1e-6 for finite_difference_f32 (each mode's measured best: a larger ε crosses ReLU/max-pool
+    kinks, error ~jump/ε; a smaller one drowns in rounding)."""
     ahe_at: str = "first_step"
     """Apply the correction at θ only, or sum it over every inner iterate θ_k."""
     ahe_scale: float = 1.0
@@ -66,6 +69,13 @@ class AlgoHParams:
     @property
     def has_correction(self) -> bool:
         return (self.w_cos, self.w_l2, self.w_dot) != (0.0, 0.0, 0.0) and self.ahe_scale != 0.0
+
+    @property
+    def fd_step(self) -> float:
+        """ε of the finite-difference modes: fd_eps, or the default of the mode in use."""
+        if self.fd_eps is not None:
+            return self.fd_eps
+        return 1e-6 if self.hvp == "finite_difference_f32" else 1e-7
 
 
 @dataclass(frozen=True)
@@ -225,17 +235,22 @@ def _check_value(name: str, value: Any) -> None:
         raise ConfigError(name, f"must be >= 0, got {value!r}")
 
 
+def check_field(name: str, value: Any, cls: type | None = None) -> Any:
+    """One field's value coerced to its type and checked on its own (no cross-field rules)."""
+    types = field_types(cls or TrainConfig)
+    if name not in types:
+        raise ConfigError(name, f"unknown field; allowed: {', '.join(sorted(types))}")
+    coerced = _coerce(name, value, *types[name])
+    _check_value(name, coerced)
+    return coerced
+
+
 def _build(cls: type, values: Mapping[str, Any]) -> Any:
     types = field_types(cls)
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise ConfigError(unknown[0], f"unknown field; allowed: {', '.join(sorted(types))}")
-    kwargs = {}
-    for name, value in values.items():
-        coerced = _coerce(name, value, *types[name])
-        _check_value(name, coerced)
-        kwargs[name] = coerced
-    return cls(**kwargs)
+    return cls(**{name: check_field(name, value, cls) for name, value in values.items()})
 
 
 def train_config(values: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:
@@ -243,6 +258,11 @@ def train_config(values: Mapping[str, Any] | None = None, **overrides: Any) -> T
     merged = {**(values or {}), **overrides}
     merged = {k.replace("-", "_"): v for k, v in merged.items()}
     cfg = _build(TrainConfig, merged)
+    if cfg.algorithm == "reptile" and cfg.inner_steps < 2:
+        # (θ − θ₁)/α with one step on support ∪ query is the gradient of the joint loss at θ: plain
+        # multi-task training, which would be reported under Reptile's name
+        raise ConfigError("inner_steps", "reptile with 1 inner step is joint training on support ∪ query, "
+                                         "not Reptile; allowed: >= 2 (Nichol et al. use 5-10)")
     if cfg.ahe_warmup > 1 or cfg.ahe_step_every > 1:
         name = "ahe_warmup" if cfg.ahe_warmup > 1 else "ahe_step_every"
         raise ConfigError(name, "is a fraction of iterations and must be <= 1")

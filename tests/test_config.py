@@ -92,3 +92,9 @@ def test_every_field_has_a_docstring():
     missing = [f.name for f in dataclasses.fields(TrainConfig) if not docs.get(f.name)]
     assert not missing
     assert docs["inner_steps"].startswith("K: inner SGD steps")
+
+
+def test_reptile_with_one_inner_step_is_refused():
+    with pytest.raises(ConfigError, match=r"^inner_steps: reptile with 1 inner step is joint training"):
+        train_config(algorithm="reptile", inner_steps=1)
+    assert train_config(algorithm="reptile", inner_steps=5).inner_steps == 5

@@ -3,6 +3,7 @@ Ray Tune domains, and the TrainConfig of a sampled trial."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -77,11 +78,24 @@ def sample_to_config(space: SearchSpace, sampled: Mapping[str, Any]) -> TrainCon
     return train_config(values)
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler named by the space, seeded with its seed."""
+def derived_seed(run_name: str) -> int:
+    """The sampler seed of a run whose space gives none: a hash of the run's name. Two searches
+    then never share their random start-up trials (one shared seed made every search of a study
+    start from the same configurations), and rerunning a name reproduces its search."""
+    return int.from_bytes(hashlib.sha256(run_name.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def resolve_seed(space: SearchSpace, run_name: str) -> int:
+    """The space's sampler seed if it gives one, else :func:`derived_seed` of the run name."""
+    return space.sampler_seed if space.sampler_seed is not None else derived_seed(run_name)
+
+
+def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler named by the space, seeded with ``seed`` (default: the space's seed)."""
     import optuna
 
-    seed, options = space.sampler_seed, space.sampler_options
+    seed = space.sampler_seed if seed is None else seed
+    options = space.sampler_options
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if space.sampler == "nsga2":

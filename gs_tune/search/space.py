@@ -26,10 +26,11 @@ YAML format (every key but ``search`` is optional)::
     objective: {metric: val_accuracy, mode: max}   # or a list of such maps (multi-objective)
         # metrics: val_accuracy (max), val_loss (min), sec_per_iter (min), train_loss (min);
         # mode may be omitted and must match the metric's direction. Default: val_accuracy.
-    sampler: {name: tpe, seed: 0}   # tpe (default) | random | cmaes | nsga2 (default when multi-objective);
+    sampler: {name: tpe}       # tpe (default) | random | cmaes | nsga2 (default when multi-objective);
         # several objectives need nsga2, and nsga2 only makes sense for several; cmaes needs the
         # `cmaes` package. Optional: n_startup_trials (tpe, cmaes), population_size (nsga2). seed:
-        # an integer or null (default 0, so a search is reproducible).
+        # an integer, or left out / null: derived from the run's name, so every search has a seed
+        # of its own and the same run name reproduces it (recorded in run.json either way).
     num_samples: 10            # trials (default 10)
     max_concurrent: 1          # trials at once (default 1)
     scheduler: {name: asha, grace_period: 100, reduction_factor: 3}
@@ -37,7 +38,7 @@ YAML format (every key but ``search`` is optional)::
         # ASHA's max_t is the fixed `iterations`; ASHA needs a single objective and fixed iterations.
     resources: {cpus_per_trial: 1, gpus_per_trial: auto}
         # auto = 1 GPU per trial when the cluster has GPUs else 0; fractions (0.25) are allowed.
-    smoke: {iterations: 30, val_every: 10, val_tasks: 10, test_tasks: 20}   # the default (minus searched)
+    smoke: {iterations: 30, val_every: 10, val_tasks: 10}   # the default (minus searched)
         # TrainConfig overrides applied by --smoke (fields that are not searched); ASHA's grace
         # period shrinks with iterations.
     storage: null              # Optuna storage URL: sqlite:///… or postgresql://…; null = RUN_DIR/study.db
@@ -45,10 +46,9 @@ YAML format (every key but ``search`` is optional)::
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,6 @@ class SearchSpace:
     gpus_per_trial: str | float
     smoke: dict[str, Any]
     storage: str | None
-    source: dict[str, Any] = field(default_factory=dict, compare=False)
-    """The mapping as it was read, for provenance; :meth:`to_yaml` writes the resolved space."""
 
     @property
     def metrics(self) -> list[str]:
@@ -142,7 +140,7 @@ class SearchSpace:
             data["fixed"].update(self.smoke)
             if self.scheduler is not None:
                 data["scheduler"]["grace_period"] = smoke_grace(self.scheduler, data["fixed"])
-        return replace(parse_space(data, self.name), source=self.source)
+        return parse_space(data, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved space (defaults filled in) as plain YAML-able data."""
@@ -217,7 +215,9 @@ def parse_space(data: Mapping[str, Any], name: str) -> SearchSpace:
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SpaceError("description", f"must be text, got {type(description).__name__}")
-    fixed = fixed_values(data.get("fixed"), "fixed", {}, set())
+    raw_search = data.get("search")
+    fixed = fixed_values(data.get("fixed"), "fixed", {}, set(),
+                         per_trial=raw_search if isinstance(raw_search, Mapping) else ())
     params = search_params(data.get("search"), fixed)
     objectives = objective_list(data.get("objective"))
     sampler, seed, options = sampler_spec(data.get("sampler"), len(objectives) > 1)
@@ -232,6 +232,6 @@ def parse_space(data: Mapping[str, Any], name: str) -> SearchSpace:
         max_concurrent=count(data.get("max_concurrent", 1), "max_concurrent"),
         scheduler=scheduler_spec(data.get("scheduler"), fixed, params, len(objectives) > 1),
         cpus_per_trial=cpus, gpus_per_trial=gpus, smoke=smoke,
-        storage=storage_url(data.get("storage")), source=copy.deepcopy(dict(data)),
+        storage=storage_url(data.get("storage")),
     )
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from gs_tune.config import TrainConfig, train_config
+from gs_tune.config import TrainConfig, check_field, train_config
 from gs_tune.errors import ConfigError, SpaceError
 
 METRICS = {"val_accuracy": "max", "val_loss": "min", "sec_per_iter": "min", "train_loss": "min"}
@@ -22,7 +22,7 @@ SAMPLER_OPTIONS = {"tpe": ("n_startup_trials",), "random": (), "cmaes": ("n_star
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_KEYS = ("name", "description", "fixed", "search", "objective", "sampler", "num_samples",
             "max_concurrent", "scheduler", "resources", "smoke", "storage")
-DEFAULT_SMOKE = {"iterations": 30, "val_every": 10, "val_tasks": 10, "test_tasks": 20}
+DEFAULT_SMOKE = {"iterations": 30, "val_every": 10, "val_tasks": 10}
 
 # "float", "int", "str", "bool" per field (annotations are strings under postponed evaluation).
 _FIELD_TYPES = {f.name: str(f.type).replace(" | None", "") for f in fields(TrainConfig)}
@@ -115,15 +115,26 @@ def _validated(values: Mapping[str, Any], path: str, label: str | None = None) -
         raise SpaceError(path, f"{label}{exc.message}") from None
 
 
-def fixed_values(value: Any, path: str, base: dict[str, Any], searched: set[str]) -> dict[str, Any]:
-    """A mapping of TrainConfig fields (fixed:, smoke:), validated on top of ``base``, coerced."""
+def fixed_values(value: Any, path: str, base: dict[str, Any], searched: set[str],
+                 per_trial: Iterable[str] = ()) -> dict[str, Any]:
+    """A mapping of TrainConfig fields (fixed:, smoke:), validated on top of ``base``, coerced.
+    ``searched`` may not be overridden here; rules tying a value to a field of ``searched`` or
+    ``per_trial`` (names under search:) are left to each trial's config."""
     values = _mapping(value, path, "{ways: 5}")
     for key in values:
         if key not in _FIELD_TYPES:
             raise SpaceError(f"{path}.{key}", f"unknown parameter; allowed: {_FIELDS}")
         if key in searched:
             raise SpaceError(f"{path}.{key}", "is searched; smoke may only override fields that are not")
-    cfg = _validated({**base, **values}, path)
+    try:
+        cfg = train_config({**base, **values})
+    except ConfigError as exc:
+        linked = set(searched) | set(per_trial)
+        if exc.field not in linked:
+            raise SpaceError(f"{path}.{exc.field}", exc.message) from None
+        # a rule tying a fixed field to a searched one (reptile needs inner_steps >= 2) is decided
+        # per trial; each fixed value is still checked on its own
+        return {key: _alone_or_with({}, key, v, f"{path}.{key}", "", linked) for key, v in values.items()}
     return {key: getattr(cfg, key) for key in values}  # coerced: "0.4" → 0.4
 
 
@@ -159,7 +170,7 @@ def _param(name: str, spec: Any, path: str, fixed: dict[str, Any], earlier: list
         raise SpaceError(dpath, f"{name} is an integer field; use int")
     when = _when(spec.get("when"), f"{path}.when", name, earlier, searched)
     if kind == "choice":
-        return Param(name, kind, choices=_choices(spec[kind], dpath, name, fixed), when=when)
+        return Param(name, kind, choices=_choices(spec[kind], dpath, name, fixed, searched), when=when)
     step, log = spec.get("step", 1), spec.get("log", kind == "loguniform")
     if not isinstance(log, bool):
         raise SpaceError(f"{path}.log", f"must be true or false, got {log!r}")
@@ -172,7 +183,7 @@ def _param(name: str, spec: Any, path: str, fixed: dict[str, Any], earlier: list
         if log and step != 1:
             raise SpaceError(f"{path}.log", "cannot be combined with step (Optuna samples neither)")
     for label, end in (("low", low), ("high", high)):
-        _validated({**fixed, name: end}, dpath, f"{label} ")
+        _alone_or_with(fixed, name, end, dpath, f"{label} ", searched)
     return Param(name, kind, low=low, high=high, step=step, log=log, when=when)
 
 
@@ -192,14 +203,31 @@ def _range(value: Any, path: str, integer: bool, positive: bool) -> tuple[Any, A
     return low, high
 
 
-def _choices(value: Any, path: str, name: str, fixed: dict[str, Any]) -> tuple[Any, ...]:
+def _alone_or_with(fixed: dict[str, Any], name: str, value: Any, path: str, label: str,
+                   searched: set[str]) -> Any:
+    """``value`` of ``name`` validated with the fixed fields; when only a rule that ties it to
+    another *searched* field fails (reptile needs inner_steps >= 2), on its own: that pair is
+    decided per trial and checked when the trial's config is built."""
+    try:
+        return getattr(train_config({**fixed, name: value}), name)
+    except ConfigError as exc:
+        if exc.field in searched and exc.field != name:
+            try:
+                return check_field(name, value)
+            except ConfigError as alone:
+                raise SpaceError(path, f"{label}{alone.message}") from None
+        raise SpaceError(path, f"{label}{exc.message}") from None
+
+
+def _choices(value: Any, path: str, name: str, fixed: dict[str, Any],
+             searched: set[str] = frozenset()) -> tuple[Any, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise SpaceError(path, f"must be a non-empty list, got {value!r}")
     out: list[Any] = []
     for i, choice in enumerate(value):
         if not (choice is None or isinstance(choice, (str, bool)) or _is_number(choice)):
             raise SpaceError(f"{path}[{i}]", f"must be text, a number, true/false or null, got {choice!r}")
-        coerced = getattr(_validated({**fixed, name: choice}, f"{path}[{i}]", ""), name)
+        coerced = _alone_or_with(fixed, name, choice, f"{path}[{i}]", "", searched)
         if coerced in out:
             raise SpaceError(f"{path}[{i}]", f"duplicate choice {choice!r}")
         out.append(coerced)
@@ -223,7 +251,10 @@ def _when(value: Any, path: str, name: str, earlier: list[Param],
             raise SpaceError(rpath, f"is searched after {name}; list it before {name} under search")
         values = []
         for v in allowed if isinstance(allowed, list) else [allowed]:
-            coerced = getattr(_validated({ref: v}, rpath, ""), ref)
+            try:  # the referenced value on its own: what it is combined with is decided per trial
+                coerced = check_field(ref, v)
+            except ConfigError as exc:
+                raise SpaceError(rpath, exc.message) from None
             if ref in before and before[ref].kind == "choice" and coerced not in before[ref].choices:
                 choices = list(before[ref].choices or ())
                 raise SpaceError(rpath, f"{v!r} is not one of the choices of {ref}: {choices}")
@@ -265,7 +296,7 @@ def sampler_spec(value: Any, multi: bool) -> tuple[str, int | None, dict[str, in
     if not multi and name == "nsga2":
         raise SpaceError("sampler.name", "nsga2 needs several objectives; use tpe, random or cmaes")
     _check_keys(spec, "sampler", ("name", "seed", *SAMPLER_OPTIONS[name]))
-    seed = spec.get("seed", 0)
+    seed = spec.get("seed")  # None: derived from the run's name at launch (samplers.resolve_seed)
     if seed is not None and (not _is_number(seed) or seed != int(seed) or seed < 0):
         raise SpaceError("sampler.seed", f"must be an integer >= 0 or null, got {seed!r}")
     options = {}

@@ -28,13 +28,15 @@ def test_the_three_spaces_are_shipped():
 def test_shipped_space_loads_and_gives_valid_trials(name):
     space = load_space(name)
     assert space.name == name
-    assert space.fixed["dataset"] == "digits" and space.fixed["ways"] == 5 and space.fixed["shots"] == 1
+    assert "test_tasks" not in space.smoke and not space.fixed.get("test_tasks")  # searches never test
+    if name in ("cosine_l2", "baselines", "accuracy_vs_cost"):  # the MAML-protocol presets hold their own
+        assert space.fixed["dataset"] == "digits" and space.fixed["ways"] == 5 and space.fixed["shots"] == 1
     assert space.num_samples >= 1 and space.max_concurrent >= 1
     for params, constants, _ in run_define_by_run(space, 5):
         assert constants == space.fixed
         assert isinstance(sample_to_config(space, {**constants, **params}), TrainConfig)
     smoke = space.with_overrides(smoke=True)
-    assert smoke.fixed["iterations"] == 30 and smoke.fixed["test_tasks"] == 20
+    assert smoke.fixed["iterations"] == 30 and "test_tasks" not in smoke.fixed
 
 
 def test_accuracy_vs_cost_is_multi_objective_without_asha():
@@ -93,7 +95,7 @@ def test_with_overrides_applies_smoke_and_cli_values():
         3, 1, 2, 0.25)
     # ASHA's grace period shrinks with iterations (100/600 of 30, rounded up to a validation)
     assert smoke.scheduler == Asha(grace_period=10, reduction_factor=3, max_t=30)
-    assert smoke.params == space.params and smoke.source == space.source
+    assert smoke.params == space.params
     assert space.fixed["iterations"] == 600  # the original is untouched
     with pytest.raises(SpaceError) as err:
         space.with_overrides(num_samples=0)
@@ -110,7 +112,7 @@ def test_fix_pins_a_searched_or_fixed_field():
         space.with_overrides(fix={"algorithm": "sgd"})
     assert err.value.path == "fixed.algorithm" and "allowed" in str(err.value)
     with pytest.raises(SpaceError) as err:
-        space.with_overrides(fix={"algorithm": "maml", "inner_lr": 0.1, "outer_lr": 0.001})
+        space.with_overrides(fix={"algorithm": "maml", "inner_lr": 0.1, "outer_lr": 0.001, "inner_steps": 1})
     assert err.value.path == "search"  # nothing left to search
 
 
@@ -129,7 +131,7 @@ def test_to_yaml_round_trips(space):
 
 def test_default_smoke_leaves_searched_fields_alone():
     space = parse_space({"search": {"iterations": {"int": [50, 100]}}}, "iters")
-    assert space.smoke == {"val_every": 10, "val_tasks": 10, "test_tasks": 20}
+    assert space.smoke == {"val_every": 10, "val_tasks": 10}  # and never test tasks
     assert parse_space({"search": {"w_cos": {"uniform": [0.0, 1.0]}}}, "w").smoke["iterations"] == 30
 
 
@@ -234,3 +236,14 @@ def test_invalid_space_names_the_key(change, path, message):
 def test_valid_storage_urls():
     for url in ("sqlite:///runs/x/study.db", "postgresql://user@host/db", "postgresql+psycopg2://h/db"):
         assert parse_space({**BASE, "storage": url}, "s").storage == url
+
+
+def test_reptile_searches_its_inner_steps_and_never_runs_with_one():
+    space = load_space("baselines").with_overrides(fix={"algorithm": "reptile"})
+    (steps,) = [p for p in space.params if p.name == "inner_steps"]
+    assert (steps.low, steps.high) == (3, 10)
+    for params, constants, _ in run_define_by_run(space, 5):
+        assert sample_to_config(space, {**constants, **params}).inner_steps >= 3
+    maml = load_space("baselines").with_overrides(fix={"algorithm": "maml"})
+    for params, constants, _ in run_define_by_run(maml, 3):
+        assert sample_to_config(maml, {**constants, **params}).inner_steps == 1
