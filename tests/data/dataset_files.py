@@ -88,10 +88,10 @@ MINI_CLASSES = {
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
 
 
-def write_mini(root: Path, per_class: int = 4) -> None:
+def write_mini(root: Path, per_class: int = 4, classes_of: dict[str, list[str]] = MINI_CLASSES) -> None:
     """Solid-colour JPEGs (colour = class within split), some not square, and the three csvs."""
     (root / "images").mkdir(parents=True)
-    for split, classes in MINI_CLASSES.items():
+    for split, classes in classes_of.items():
         lines = ["filename,label"]
         for ci, label in enumerate(classes):
             for j in range(per_class):
