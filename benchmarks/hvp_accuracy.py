@@ -1,115 +1,209 @@
-"""Accuracy of the finite-difference Hessian-vector product against the exact one.
+"""Accuracy and cost of AHE's Hessian-vector product, per ``hvp`` mode.
 
-AHE multiplies the support Hessian H_S(θ) by a vector u built from the query
-gradient; the default computes H_S·u with a central difference of two support
-gradients at θ ± ε·u/‖u‖ (gs_tune.algorithms.common.hvp_finite_difference).
-This script measures its relative error ‖H·u_fd − H·u‖/‖H·u‖ on Conv-4 (32
-filters) at its initial parameters, on real digits tasks (5-way 1-shot, 15
-queries per class, training split), with u = g_Q, the query gradient after one
-inner step of α = 0.4 (the direction AHE's dot loss uses), for float32 and
-float64 and a range of ε. The reference is the exact HVP (forward-over-reverse,
-``hvp_exact``) in float64 for both dtypes. The error has two sources: rounding,
-~(machine eps)/ε, and ReLU / max-pool kinks crossed within ±ε, which add errors
-of order jump/ε for the examples whose activations sit that close to a kink.
+AHE multiplies the support Hessian H_S(θ) by u = ∂ℓ/∂g_S (cosine and L2 terms,
+w_cos 1, w_l2 0.1). This script measures, on Conv-4 (32 filters) trained in
+float32 on real digits tasks (5-way, 15 queries per class, training split):
 
-    python benchmarks/hvp_accuracy.py                     # ~30 tasks, 10 s to 3 min on 2 cores
-    python benchmarks/hvp_accuracy.py --tasks 100 --out /tmp/bench_hvp.txt
+1. **Error per mode**: ‖H·u_mode − H·u‖/‖H·u‖ per task, where the reference H·u
+   is forward-over-reverse differentiation (``torch.func.jvp`` of the gradient,
+   written here) of a float64 copy of the model; at the initialisation and after
+   ``--train-iterations`` meta-iterations of AHE (float32, Adam 1e-3), 1-shot and
+   5-shot.
+2. **ε of the finite-difference modes**: the same error for a range of fd_eps,
+   at the initialisation: too large an ε crosses ReLU / max-pool kinks (error of
+   order jump/ε), too small a one drowns in rounding (~machine-eps/ε).
+3. **Time per meta-iteration** (``meta_gradient`` + Adam step, meta-batch 4,
+   batching loop) of AHE in every mode against first-order MAML, K ∈ {1, 5},
+   1-shot and 5-shot, all methods timed round-robin in one fresh process (the
+   timing worker of meta_gradient_cost.py), so that a machine shared with other
+   jobs slows them alike. "HVP cost" is AHE's time above FOMAML's, relative to
+   the same for finite_difference_f32 (the earlier default).
+
+    python benchmarks/hvp_accuracy.py                          # ~10 minutes on 2 loaded cores
+    python benchmarks/hvp_accuracy.py --tasks 10 --reps 5 --train-iterations 20   # quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.func import grad
+from torch.func import grad, jvp
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-from gs_tune.algorithms.common import hvp_exact, hvp_finite_difference, loss_with_aux
-from gs_tune.data import TaskSampler, load_dataset
-from gs_tune.meta import make_loss_fn
-from gs_tune.models import build_model
+from meta_gradient_cost import AHE_MODES, code_version, run_worker  # noqa: E402
 
-EPSILONS = (1e-2, 1e-3, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
+from gs_tune.algorithms.ahe import similarity_direction, support_hvp  # noqa: E402
+from gs_tune.algorithms.common import autograd_grad, loss_only  # noqa: E402
+from gs_tune.config import HVP_MODES, AlgoHParams  # noqa: E402
+from gs_tune.data import TaskSampler, load_dataset  # noqa: E402
+from gs_tune.meta import make_loss_fn, meta_gradient  # noqa: E402
+from gs_tune.models import build_model  # noqa: E402
+
 INNER_LR = 0.4
+WEIGHTS = {"w_cos": 1.0, "w_l2": 0.1}
+SWEEP = {"finite_difference": (1e-5, 1e-6, 3e-7, 1e-7, 3e-8, 1e-8),
+         "finite_difference_f32": (1e-4, 1e-5, 3e-6, 1e-6)}
+DEFAULT = AlgoHParams().hvp
 
 
 def flat(tree: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in tree.values()])
 
 
-def errors(num_tasks: int, shots: int, seed: int) -> dict[tuple[str, float], list[float]]:
-    data = load_dataset("digits")
-    tasks = TaskSampler(data.train, 5, shots, 15, "train").sample(num_tasks, np.random.default_rng(seed))
-    base = build_model("conv4", data.image_shape, 5, 32, torch.Generator().manual_seed(seed))
-    models = {"float64": base.double(), "float32": build_model(
-        "conv4", data.image_shape, 5, 32, torch.Generator().manual_seed(seed)).float()}
-    out: dict[tuple[str, float], list[float]] = {}
-    for t in range(num_tasks):
+def train(data, shots: int, iterations: int, seed: int) -> torch.nn.Module:
+    """Conv-4 in float32 after ``iterations`` meta-iterations of AHE (default HVP) with Adam."""
+    model = build_model("conv4", data.image_shape, 5, 32, torch.Generator().manual_seed(seed))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sampler, rng = TaskSampler(data.train, 5, shots, 15, "train"), np.random.default_rng(seed + 1)
+    for _ in range(iterations):
+        grads, _ = meta_gradient(model, sampler.sample(4, rng), "ahe", inner_lr=INNER_LR, **WEIGHTS)
+        for name, p in model.named_parameters():
+            p.grad = grads[name]
+        optimiser.step()
+    return model
+
+
+def errors(model, tasks, variants: dict[str, AlgoHParams]) -> dict[str, np.ndarray]:
+    """Relative error of each variant's H_S·u against the float64 reference, per task."""
+    model64 = copy.deepcopy(model).double()
+    fn, fn64 = make_loss_fn(model), make_loss_fn(model64)
+    theta = {k: p.detach() for k, p in model.named_parameters()}
+    theta64 = {k: p.detach() for k, p in model64.named_parameters()}
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    for t in range(tasks.num_tasks):
         xs, ys, xq, yq = (tensor[t] for tensor in tasks)
-        # u = g_Q at θ' = θ − α∇L_S(θ), and the exact H_S(θ)·u, both in float64
-        loss_fn = make_loss_fn(models["float64"])
-        theta = {k: p.detach() for k, p in models["float64"].named_parameters()}
-        xs64, xq64 = xs.double(), xq.double()
-        g_s, _ = grad(loss_with_aux(loss_fn), has_aux=True)(theta, xs64, ys)
-        adapted = {k: theta[k] - INNER_LR * g_s[k] for k in theta}
-        u, _ = grad(loss_with_aux(loss_fn), has_aux=True)(adapted, xq64, yq)
-        exact = flat(hvp_exact(loss_fn, theta, xs64, ys, u))
-        for dtype, model in models.items():
-            fn = make_loss_fn(model)
-            params = {k: p.detach() for k, p in model.named_parameters()}
-            x = xs.to(getattr(torch, dtype))
-            u_d = {k: v.to(getattr(torch, dtype)) for k, v in u.items()}
-            for eps in EPSILONS:
-                fd = flat(hvp_finite_difference(fn, params, x, ys, u_d, eps))
-                out.setdefault((dtype, eps), []).append(float((fd - exact).norm() / exact.norm()))
+        g_s = autograd_grad(loss_only(fn))(theta, xs, ys)
+        g_q = autograd_grad(loss_only(fn))({k: theta[k] - INNER_LR * g_s[k] for k in theta}, xq, yq)
+        u = similarity_direction(g_s, g_q, AlgoHParams(**WEIGHTS))
+        u64 = {k: v.double() for k, v in u.items()}
+        ref = flat(jvp(lambda p: grad(lambda q: fn64(q, xs.double(), ys)[0])(p), (theta64,), (u64,))[1])
+        for name, hp in variants.items():
+            hu = flat(support_hvp(fn, theta, xs, ys, u, hp))
+            out[name].append(float((hu - ref).norm() / ref.norm()))
+    return {name: np.array(e) for name, e in out.items()}
+
+
+def summary(e: np.ndarray) -> str:
+    return f"{np.median(e):.1e} | {np.percentile(e, 90):.1e} | {e.max():.1e}"
+
+
+def accuracy_section(data, args) -> tuple[list[str], dict]:
+    modes = {mode: AlgoHParams(hvp=mode, batching="loop") for mode in HVP_MODES}
+    sweep = {f"{mode} ε={eps:.0e}": AlgoHParams(hvp=mode, fd_eps=eps, batching="loop")
+             for mode, values in SWEEP.items() for eps in values}
+    lines = ["## Error per mode", "",
+             f"Conv-4 (32 filters) in float32, digits 5-way, {args.tasks} tasks; reference: exact HVP in float64.",
+             f"`trained`: after {args.train_iterations} meta-iterations of AHE (default HVP, Adam 1e-3).", "",
+             "| shots | θ | hvp | median | 90th pct | max |", "|---|---|---|---|---|---|"]
+    found: dict = {}
+    sweeps = {}
+    for shots in args.shots:
+        tasks = TaskSampler(data.train, 5, shots, 15, "train").sample(args.tasks, np.random.default_rng(args.seed))
+        for state, iterations in (("init", 0), ("trained", args.train_iterations)):
+            model = train(data, shots, iterations, args.seed)
+            errs = errors(model, tasks, modes if iterations else {**modes, **sweep})
+            for mode in HVP_MODES:
+                found[(shots, state, mode)] = errs[mode]
+                lines.append(f"| {shots} | {state} | {mode} | {summary(errs[mode])} |")
+            if not iterations:
+                sweeps[shots] = {name: errs[name] for name in sweep}
+            print(f"errors: shots {shots} {state} done", file=sys.stderr, flush=True)
+    lines += ["", "## ε of the finite-difference modes (initial θ)", "",
+              "| shots | hvp, fd_eps | median | 90th pct | max |", "|---|---|---|---|---|"]
+    for shots, errs in sweeps.items():
+        lines += [f"| {shots} | {name} | {summary(e)} |" for name, e in errs.items()]
+    return lines, found
+
+
+def paired(rounds: dict[str, list[float]], fn) -> float:
+    """Median over rounds of ``fn(times of that round)``: each round ran every method back to back."""
+    n = min(len(t) for t in rounds.values())
+    return float(np.median([fn({m: t[r] for m, t in rounds.items()}) for r in range(n)]))
+
+
+def timing_section(args) -> tuple[list[str], dict]:
+    methods = ["fomaml", *AHE_MODES]
+    lines = ["## Seconds per meta-iteration (meta-batch 4, batching loop)", "",
+             "Seconds: median over rounds. Ratios: median over rounds of the ratio within a round (every method "
+             "ran once per round, back to back). HVP cost: (ahe − fomaml) / (ahe_fd32 − fomaml), the extra time "
+             "of each mode against the earlier default's.", "",
+             "| shots | K | " + " | ".join(methods) + " | " + " | ".join(f"{m}/fomaml" for m in AHE_MODES)
+             + " | HVP cost: exact; fd |",
+             "|---|---|" + "---|" * (2 * len(methods))]
+    found = {}
+    for shots in args.shots:
+        for k in (1, 5):
+            spec = {"device": "cpu", "shots": shots, "steps": k, "reps": args.reps, "warmup": 2,
+                    "threads": args.threads, "entries": [[m, "loop"] for m in methods]}
+            result = run_worker("timing", spec)
+            rounds = {r[0]: t for r, t in zip(result["results"], result["rounds"])}
+            seconds = {r[0]: r[2] for r in result["results"]}
+            ratios = {m: paired(rounds, lambda t, m=m: t[m] / t["fomaml"]) for m in AHE_MODES}
+            hvp = {m: paired(rounds, lambda t, m=m: (t[m] - t["fomaml"]) / (t["ahe_fd32"] - t["fomaml"]))
+                   for m in ("ahe_exact", "ahe_fd")}
+            found[(shots, k)] = {"ratios": ratios, "hvp": hvp}
+            lines.append(f"| {shots} | {k} | " + " | ".join(f"{seconds[m]:.3f}" for m in methods) + " | "
+                         + " | ".join(f"{ratios[m]:.2f}" for m in AHE_MODES)
+                         + f" | {hvp['ahe_exact']:.2f}; {hvp['ahe_fd']:.2f} |")
+            print(f"timing: shots {shots} K {k} done (load {result['load']:.2f})", file=sys.stderr, flush=True)
+    return lines, found
+
+
+def targets(errs: dict, times: dict, args) -> list[str]:
+    out = ["## Targets", "", "| target | measured | pass |", "|---|---|---|"]
+    for shots in args.shots:
+        for state in ("init", "trained"):
+            e = errs.get((shots, state, DEFAULT))
+            if e is not None:
+                ok = np.median(e) <= 1e-5 and e.max() <= 1e-4
+                out.append(f"| default HVP ({DEFAULT}) error, {shots}-shot, {state}: median ≤ 1e-5, max ≤ 1e-4 "
+                           f"| {np.median(e):.1e}, {e.max():.1e} | {'PASS' if ok else 'FAIL'} |")
+    default_name = next(name for name, mode in AHE_MODES.items() if mode == DEFAULT)
+    for (shots, k), t in times.items():
+        if default_name in t["hvp"]:
+            r = t["hvp"][default_name]
+            out.append(f"| default HVP cost ≤ 1.4× the float32 difference's, {shots}-shot, K={k} | {r:.2f}× "
+                       f"| {'PASS' if r <= 1.4 else 'FAIL'} |")
+        if k == 5:
+            r = t["ratios"][default_name]
+            out.append(f"| ahe (default HVP) ≤ 1.3× fomaml at K=5, {shots}-shot | {r:.2f}× "
+                       f"| {'PASS' if r <= 1.3 else 'FAIL'} |")
     return out
-
-
-def render(errs: dict[tuple[str, float], list[float]], num_tasks: int, shots: int) -> str:
-    lines = [
-        (f"# Finite-difference HVP accuracy: Conv-4 (32 filters), digits 5-way {shots}-shot, "
-         f"{num_tasks} tasks, initial θ"),
-        "",
-        ("Relative error ‖H·u_fd − H·u‖/‖H·u‖, u = query gradient after one inner step (α = 0.4); "
-         "reference: exact HVP in float64."),
-        "",
-        "| dtype | fd_eps | median | 90th pct | max |",
-        "|---|---|---|---|---|",
-    ]
-    best = {}
-    for dtype in ("float32", "float64"):
-        for eps in EPSILONS:
-            e = np.array(errs[(dtype, eps)])
-            med, p90, mx = np.median(e), np.percentile(e, 90), e.max()
-            lines.append(f"| {dtype} | {eps:.0e} | {med:.1e} | {p90:.1e} | {mx:.1e} |")
-            if dtype not in best or p90 < best[dtype][1]:
-                best[dtype] = (eps, p90)
-    lines.append("")
-    for dtype, (eps, p90) in best.items():
-        lines.append(f"Lowest 90th percentile, {dtype}: fd_eps = {eps:.0e} ({p90:.1e}).")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=30)
-    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--train-iterations", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=15, help="timed meta-iterations per method")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (errors and timing)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     args = parser.parse_args(argv)
-    text = render(errors(args.tasks, args.shots, args.seed), args.tasks, args.shots)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from meta_gradient_cost import code_version
-
-    text += (f"\n(torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
-             f"{code_version()})\n")
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    lines = ["# AHE's Hessian-vector product: error and cost per mode", ""]
+    acc_lines, errs = accuracy_section(load_dataset("digits"), args)
+    times: dict = {}
+    time_lines: list[str] = []
+    if not args.skip_timing:
+        time_lines, times = timing_section(args)
+    lines += acc_lines + [""] + time_lines + [""] + targets(errs, times, args)
+    lines += ["", f"(torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, load average "
+              f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end; {code_version()})"]
+    text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)

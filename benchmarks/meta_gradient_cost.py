@@ -54,15 +54,18 @@ if str(ROOT) not in sys.path:
 INNER_LR = 0.4
 WAYS, QUERY, META_BATCH, FILTERS, IMAGE = 5, 15, 4, 32, (1, 28, 28)
 AHE = {"w_cos": 0.1, "w_l2": 0.01}  # the paper's losses; which weights are on does not change the cost
+# ahe in each HVP mode: exact (the default), finite_difference (float64), finite_difference_f32, identity
+AHE_MODES = {"ahe_exact": "exact", "ahe_fd": "finite_difference", "ahe_fd32": "finite_difference_f32",
+             "ahe_identity": "identity"}
 OURS = {
     "maml": ("maml", {}),
     "fomaml": ("fomaml", {}),
     "reptile": ("reptile", {}),
-    "ahe_fd": ("ahe", {**AHE, "hvp": "finite_difference"}),
-    "ahe_exact": ("ahe", {**AHE, "hvp": "exact"}),
+    **{name: ("ahe", {**AHE, "hvp": mode}) for name, mode in AHE_MODES.items()},
 }
 HIGHER = {"higher_maml": False, "higher_fomaml": True}  # name -> first_order
-COLUMNS = [*OURS, *HIGHER]
+TABLE_METHODS = ["maml", "fomaml", "reptile", "ahe_exact", "ahe_fd"]  # §1's columns; every mode: hvp_accuracy.py
+COLUMNS = [*TABLE_METHODS, *HIGHER]
 
 
 # --- worker: one measurement in its own process ------------------------------------------
@@ -228,8 +231,9 @@ def timing_worker(spec: dict) -> dict:
             steps[e]()
             _sync(device)
             times[e].append(time.perf_counter() - t0)
+    # "rounds": the raw times, one list per method, index r = round r, for ratios paired within a round
     return {"results": [[*e, statistics.median(t), min(t)] for e, t in times.items()],
-            "load": os.getloadavg()[0], "threads": torch.get_num_threads()}
+            "rounds": [t for t in times.values()], "load": os.getloadavg()[0], "threads": torch.get_num_threads()}
 
 
 def memory_worker(spec: dict) -> dict:

@@ -22,7 +22,9 @@ def make_loss_fn(model: nn.Module) -> LossFn:
     buffers = dict(model.named_buffers())
 
     def loss_fn(params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = functional_call(model, (params, buffers), (x,))
+        # the float64 finite difference evaluates a float32 model in float64: buffers follow
+        bufs = {k: b.to(x.dtype) if b.is_floating_point() else b for k, b in buffers.items()}
+        logits = functional_call(model, (params, bufs), (x,))
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).to(logits.dtype).mean()
         return loss, acc
@@ -91,7 +93,7 @@ def adapt_and_evaluate(
     losses, accs = [], []
     for t in range(tasks.num_tasks):
         xs, ys, xq, yq = (tensor[t] for tensor in tasks)
-        iterates, _ = first_order_adapt(loss_fn, params, xs, ys, inner_lr, inner_steps, autograd_grad)
+        iterates, _, _ = first_order_adapt(loss_fn, params, xs, ys, inner_lr, inner_steps, autograd_grad)
         with torch.no_grad():
             loss, acc = loss_fn(iterates[-1], xq, yq)
         losses.append(loss)

@@ -1,4 +1,4 @@
-"""AHE: first-order MAML plus the gradient-similarity correction (DESIGN.md §2).
+"""AHE: first-order MAML plus the gradient-similarity correction (docs/method.md).
 
 For a support gradient g = g_S(θ) and the frozen query gradient v = sg(g_Q),
 the similarity loss is
@@ -18,6 +18,7 @@ import torch
 
 from gs_tune.algorithms.common import (
     TINY,
+    HvpFn,
     LossFn,
     Params,
     grad_transform,
@@ -48,22 +49,36 @@ def similarity_direction(g: Params, v: Params, hp: AlgoHParams) -> Params:
     return u
 
 
+def support_hvp(
+    loss_fn: LossFn, params: Params, xs: torch.Tensor, ys: torch.Tensor, u: Params, hp: AlgoHParams,
+    hvp_here: HvpFn | None = None,
+) -> Params:
+    """H_S(params)·u by ``hp.hvp``; ``hvp_here`` is the exact product already built at params, if any."""
+    if hp.hvp == "identity":
+        return u
+    grad = grad_transform(hp.batching)
+    if hp.hvp == "exact":
+        return hvp_here(u) if hvp_here is not None else hvp_exact(loss_fn, params, xs, ys, u, grad)
+    dtype = torch.float64 if hp.hvp == "finite_difference" else None
+    return hvp_finite_difference(loss_fn, params, xs, ys, u, hp.fd_step, grad, dtype)
+
+
 def ahe(
     loss_fn: LossFn, params: Params, xs: torch.Tensor, ys: torch.Tensor,
     xq: torch.Tensor, yq: torch.Tensor, hp: AlgoHParams,
 ) -> tuple[Params, dict[str, torch.Tensor]]:
-    iterates, support_grads, query_grad, loss, acc = first_order_parts(loss_fn, params, xs, ys, xq, yq, hp)
+    # The exact product at θ reuses the graph of the first support gradient, which the inner
+    # loop computes anyway: one backward pass instead of a fresh forward and two backwards.
+    keep = hp.has_correction and hp.hvp == "exact"
+    iterates, support_grads, query_grad, loss, acc, hvp_at_start = first_order_parts(
+        loss_fn, params, xs, ys, xq, yq, hp, keep_start_graph=keep
+    )
     correction = tree_zeros(query_grad)
     if hp.has_correction:
         points = range(hp.inner_steps) if hp.ahe_at == "all_steps" else range(1)
         for k in points:
             u = similarity_direction(support_grads[k], query_grad, hp)
-            if hp.hvp == "exact":
-                hu = hvp_exact(loss_fn, iterates[k], xs, ys, u)
-            else:
-                hu = hvp_finite_difference(
-                    loss_fn, iterates[k], xs, ys, u, hp.fd_eps, grad_transform(hp.batching)
-                )
+            hu = support_hvp(loss_fn, iterates[k], xs, ys, u, hp, hvp_at_start if k == 0 else None)
             correction = tree_add(correction, hu)
         correction = tree_scale(correction, hp.ahe_scale)
         if hp.ahe_clip is not None:

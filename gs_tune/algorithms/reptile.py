@@ -22,7 +22,7 @@ def reptile(
     xq: torch.Tensor, yq: torch.Tensor, hp: AlgoHParams,
 ) -> tuple[Params, dict[str, torch.Tensor]]:
     x, y = torch.cat([xs, xq]), torch.cat([ys, yq])
-    iterates, _ = first_order_adapt(loss_fn, params, x, y, hp.inner_lr, hp.inner_steps, grad_transform(hp.batching))
+    iterates, _, _ = first_order_adapt(loss_fn, params, x, y, hp.inner_lr, hp.inner_steps, grad_transform(hp.batching))
     adapted = iterates[-1]
     scale = 1.0 / (hp.inner_lr * hp.inner_steps)
     grads = {k: (params[k] - adapted[k]) * scale for k in params}
