@@ -15,6 +15,7 @@ from gs_tune.algorithms.common import LossFn, Params, autograd_grad, first_order
 from gs_tune.config import AlgoHParams, algo_hparams
 from gs_tune.data.tasks import TaskBatch
 from gs_tune.errors import ConfigError
+from gs_tune.models import SupportStatistics
 
 
 def make_loss_fn(model: nn.Module) -> LossFn:
@@ -80,22 +81,38 @@ def meta_gradient(
     return grads, {k: stats[k] for k in STAT_NAMES}
 
 
+EVAL_BATCH_NORM = ("transductive", "support")
+
+
 def adapt_and_evaluate(
-    model: nn.Module, tasks: TaskBatch, inner_lr: float, inner_steps: int
+    model: nn.Module, tasks: TaskBatch, inner_lr: float, inner_steps: int, batch_norm: str = "transductive",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task query loss and accuracy after ``inner_steps`` SGD steps on the support set.
 
     The same procedure scores every algorithm at validation and test time, so
     accuracies are comparable whichever meta-gradient trained the model.
+    ``batch_norm`` says how the query set is normalised: ``transductive`` with
+    its own batch statistics, the whole query set in one batch (MAML's code
+    does this), or ``support`` with the support set's statistics at the adapted
+    parameters, so that each query example is scored on its own.
     """
+    if batch_norm not in EVAL_BATCH_NORM:
+        raise ConfigError("eval_batch_norm", f"got {batch_norm!r}, allowed: {', '.join(EVAL_BATCH_NORM)}")
     loss_fn = make_loss_fn(model)
+    reference = SupportStatistics(model)
     params = {name: p.detach() for name, p in model.named_parameters()}
     losses, accs = [], []
     for t in range(tasks.num_tasks):
         xs, ys, xq, yq = (tensor[t] for tensor in tasks)
         iterates, _, _ = first_order_adapt(loss_fn, params, xs, ys, inner_lr, inner_steps, autograd_grad)
         with torch.no_grad():
-            loss, acc = loss_fn(iterates[-1], xq, yq)
+            if batch_norm == "support":
+                with reference.recording():
+                    loss_fn(iterates[-1], xs, ys)
+                with reference.applied():
+                    loss, acc = loss_fn(iterates[-1], xq, yq)
+            else:
+                loss, acc = loss_fn(iterates[-1], xq, yq)
         losses.append(loss)
         accs.append(acc)
     return torch.stack(losses), torch.stack(accs)

@@ -3,12 +3,19 @@
 Batch norm always normalises with the statistics of the batch it sees and keeps
 no running averages, as in MAML: adaptation and evaluation then see the same
 normalisation, and the network stays a pure function of its parameters, which
-``torch.func`` (functional_call, grad, vmap) needs.
+``torch.func`` (functional_call, grad, vmap) needs. Scoring a whole query set
+in one batch is therefore transductive (each prediction depends on the other
+queries), as in MAML's code; :class:`SupportStatistics` gives the alternative
+where the query is normalised with the support set's statistics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gs_tune.errors import ConfigError
@@ -92,3 +99,45 @@ def _reinitialise(model: nn.Module, generator: torch.Generator) -> None:
                 module.weight.uniform_(-bound, bound, generator=generator)
                 if module.bias is not None:
                     module.bias.uniform_(-bound, bound, generator=generator)
+
+
+class SupportStatistics:
+    """Batch-norm statistics recorded on one batch and used to normalise later ones.
+
+    ``with SupportStatistics(model).recording(): model(x_support)`` records, per
+    batch-norm layer, the mean and (biased) variance of its input, as that layer
+    computed them; inside ``.applied()`` every batch-norm layer normalises its
+    input with them instead of the batch's own, so each example is scored on its
+    own (non-transductive). Works for any module and under ``functional_call``:
+    forward hooks read the layer's weight and bias as the call sees them.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @contextmanager
+    def _hooked(self, hook) -> Iterator[None]:
+        handles = [layer.register_forward_hook(hook) for layer in self.layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def recording(self):
+        self.stats.clear()
+
+        def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+            x = inputs[0]
+            dims = [d for d in range(x.dim()) if d != 1]  # every axis but the channels
+            self.stats[layer] = (x.mean(dims), x.var(dims, unbiased=False))
+
+        return self._hooked(record)
+
+    def applied(self):
+        def apply(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
+            mean, var = self.stats[layer]
+            return F.batch_norm(inputs[0], mean, var, layer.weight, layer.bias, False, 0.0, layer.eps)
+
+        return self._hooked(apply)

@@ -108,3 +108,39 @@ def test_adapt_and_evaluate_scores_what_fomaml_adapts(model, steps):
         assert float(accs[t]) == float(stats["query_accuracy"])
     before, _ = adapt_and_evaluate(model, tasks, inner_lr=0.2, inner_steps=0)  # no adaptation: loss at θ
     assert not torch.allclose(before, losses)
+
+
+def _query_part(tasks: TaskBatch, part: slice) -> TaskBatch:
+    return TaskBatch(tasks.x_support, tasks.y_support, tasks.x_query[:, part], tasks.y_query[:, part])
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv4"])
+def test_support_statistics_score_each_query_example_on_its_own(name):
+    """batch_norm="support": the query loss over a set is the mean over any split of it; with
+    the query set's own statistics (transductive) it is not."""
+    model = build_model(name, (1, 16, 16), 5, filters=4, generator=torch.Generator().manual_seed(1)).double()
+    tasks = random_tasks(2, seed=3, query=4)
+    halves = [_query_part(tasks, slice(0, None, 2)), _query_part(tasks, slice(1, None, 2))]
+    for mode, independent in (("support", True), ("transductive", False)):
+        whole, _ = adapt_and_evaluate(model, tasks, 0.2, 2, batch_norm=mode)
+        parts = [adapt_and_evaluate(model, half, 0.2, 2, batch_norm=mode)[0] for half in halves]
+        assert torch.allclose(whole, (parts[0] + parts[1]) / 2, rtol=1e-12) == independent, mode
+
+
+def test_support_statistics_on_the_support_set_are_its_batch_statistics(model):
+    """Scoring the support set itself, both modes normalise with the same statistics."""
+    tasks = random_tasks(2, seed=4)
+    on_support = TaskBatch(tasks.x_support, tasks.y_support, tasks.x_support, tasks.y_support)
+    support, _ = adapt_and_evaluate(model, on_support, 0.2, 1, batch_norm="support")
+    transductive, _ = adapt_and_evaluate(model, on_support, 0.2, 1, batch_norm="transductive")
+    torch.testing.assert_close(support, transductive, rtol=1e-12, atol=1e-12)
+    plain, _ = adapt_and_evaluate(model, tasks, 0.2, 1)
+    assert not torch.allclose(adapt_and_evaluate(model, tasks, 0.2, 1, batch_norm="support")[0], plain)
+    for layer in model.modules():  # no hook left behind
+        assert not layer._forward_hooks
+
+
+def test_unknown_batch_norm_mode_names_the_field(model):
+    with pytest.raises(ConfigError) as info:
+        adapt_and_evaluate(model, random_tasks(1), 0.2, 1, batch_norm="running")
+    assert info.value.field == "eval_batch_norm"
