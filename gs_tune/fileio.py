@@ -1,18 +1,73 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+Every file gs-tune rewrites in place (tables, checkpoints, run files, dataset caches) goes through
+:func:`atomic_write`, so a crash, a full disk or a Ctrl-C at any point leaves the previous file
+intact. The data go to a hidden temporary file in the same directory (``os.replace`` is atomic only
+within one filesystem), are fsynced, then renamed over the target; the directory is fsynced after
+the rename so the rename itself survives a power loss. A failed write removes its temporary file;
+a killed process may leave one, named ``.<name>.<random>.tmp`` so that no ``*.<suffix>`` glob picks
+it up, and :func:`remove_stale_temps` clears those.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` fills a temporary file beside ``path``, which then replaces ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+TEMP_SUFFIX = ".tmp"
+# mkstemp creates files readable by their owner only; results and checkpoints are meant to be shared.
+FILE_MODE = 0o644
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> Path:
+    """``write_fn(tmp)`` fills a temporary file beside ``path``, which then replaces ``path``.
+
+    Creates the parent directory if needed; returns ``path``. Whatever ``write_fn`` or the rename
+    raises propagates after the temporary file is removed, with ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write_fn(tmp)
+        _fsync(tmp, os.O_RDONLY)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    # Makes the rename durable; not possible on every platform, and not needed for atomicity.
+    with contextlib.suppress(OSError):
+        _fsync(path.parent, os.O_RDONLY)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def remove_stale_temps(directory: str | os.PathLike[str], name_glob: str = "*") -> int:
+    """Remove temporary files that writers killed mid-write left in ``directory`` for targets
+    matching ``name_glob`` (e.g. ``"*.parquet"``); returns how many. Call it only where no other
+    process is writing the same files."""
+    removed = 0
+    for stale in Path(directory).glob(f".{name_glob}.*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed += 1
+    return removed
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
