@@ -23,7 +23,8 @@ from gs_tune.results.analysis import DEFAULT_OBJECTIVE, param_importances, rank,
 from gs_tune.results.evaluation import CI_NOTE, markdown_table
 from gs_tune.results.schema import PARAM_PREFIX
 from gs_tune.results.summary import fmt, status_counts
-from gs_tune.results.tables import EVALUATION_FILE, read_evaluation, read_trials
+from gs_tune.results.tables import read_evaluation, read_trials
+from gs_tune.rundir import EVALUATION_FILE, read_run
 
 
 def _acc(row: dict[str, Any]) -> str:
@@ -35,8 +36,8 @@ def _acc(row: dict[str, Any]) -> str:
 
 
 def _wall_minutes(run_dir: Path) -> float | None:
-    meta = json.loads((run_dir / "run.json").read_text())
-    study = optuna.load_study(study_name=meta["study_name"], storage=meta["optuna_storage"])
+    info = read_run(run_dir)
+    study = optuna.load_study(study_name=info.study_name, storage=info.optuna_storage)
     starts = [t.datetime_start for t in study.trials if t.datetime_start]
     ends = [t.datetime_complete for t in study.trials if t.datetime_complete]
     return (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else None

@@ -6,12 +6,7 @@ or interrupted. Heavy modules are imported only by the submodules that need them
 ``import gs_tune.results`` stays cheap for the Tune callback.
 """
 
-from gs_tune.results.schema import (
-    EVALUATION_SCHEMA,
-    METRICS_SCHEMA,
-    TRIALS_SCHEMA,
-    trials_schema,
-)
+from gs_tune.results.schema import EVALUATION_SCHEMA, METRICS_SCHEMA, trials_schema
 from gs_tune.results.tables import (
     ResultsWriter,
     read_evaluation,
@@ -22,6 +17,6 @@ from gs_tune.results.tables import (
 )
 
 __all__ = [
-    "EVALUATION_SCHEMA", "METRICS_SCHEMA", "TRIALS_SCHEMA", "ResultsWriter", "read_evaluation",
-    "read_metrics", "read_trials", "trials_schema", "write_evaluation", "write_table_atomic",
+    "EVALUATION_SCHEMA", "METRICS_SCHEMA", "ResultsWriter", "read_evaluation", "read_metrics", "read_trials",
+    "trials_schema", "write_evaluation", "write_table_atomic",
 ]

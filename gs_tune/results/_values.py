@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
 
+from gs_tune.records import KINDS
 from gs_tune.results.schema import widen
 
 
@@ -96,13 +97,16 @@ def config_param_types() -> dict[str, pa.DataType]:
     Optional: the results package must work on a run directory without the trainer importable.
     """
     try:
-        from gs_tune.config import TrainConfig
+        from gs_tune.config import TrainConfig, field_types
     except Exception:  # noqa: BLE001 - any failure just means "no hints"
         return {}
-    base = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        name = str(f.type).replace(" | None", "").replace("Optional[", "").rstrip("]").strip()
-        if name in base:
-            out[f.name] = base[name]
-    return out
+    base = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    return {name: base[type_] for name, (type_, _) in field_types(TrainConfig).items() if type_ in base}
+
+
+def record_kind(record: Mapping[str, Any], trial_id: str) -> str:
+    """A record's ``kind`` (gs_tune/records.py); ValueError naming the trial if it has none we know."""
+    kind = record.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"trial {trial_id}: record kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return str(kind)

@@ -11,94 +11,34 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gs_tune.errors import RunDirError
 from gs_tune.results._values import is_finite
 from gs_tune.results.schema import PARAM_PREFIX
+from gs_tune.rundir import DEFAULT_OBJECTIVE, RUN_FILE, STUDY_FILE, Objective, read_run
 
-_MAX_WORDS = {"max", "maximize", "maximise"}
-_MIN_WORDS = {"min", "minimize", "minimise"}
-
-
-@dataclass(frozen=True)
-class Objective:
-    """An objective of the search: ``metric`` as space.yaml names it, the trials.parquet ``column``
-    that holds its per-trial value, and ``direction`` "max" or "min"."""
-
-    metric: str
-    column: str
-    direction: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.column} ({self.direction})"
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.direction == "max" else a < b
-
-
-DEFAULT_OBJECTIVE = Objective("val_accuracy", "best_val_accuracy", "max")
-
-
-def _parse_one(item: Any) -> list[tuple[str, str | None]]:
-    if isinstance(item, str):
-        words = item.replace(":", " ").split()
-        modes = [w for w in words if w.lower() in _MAX_WORDS | _MIN_WORDS]
-        names = [w for w in words if w not in modes]
-        return [(names[0], modes[0] if modes else None)] if names else []
-    if isinstance(item, Mapping):
-        name = item.get("metric") or item.get("name")
-        if name is not None:
-            return [(str(name), item.get("mode") or item.get("direction") or item.get("goal"))]
-        return [(str(k), str(v)) for k, v in item.items()]  # {val_accuracy: max, sec_per_iter: min}
-    if isinstance(item, (list, tuple)):
-        return [pair for sub in item for pair in _parse_one(sub)]
-    return []
-
-
-def _direction(metric: str, mode: str | None) -> str:
-    if mode is not None and mode.lower() in _MAX_WORDS:
-        return "max"
-    if mode is not None and mode.lower() in _MIN_WORDS:
-        return "min"
-    return "max" if "accuracy" in metric else "min"  # losses, seconds and memory are minimised
-
-
-def _column(metric: str, columns: Sequence[str]) -> str | None:
-    # A validation metric of a trial is summarised by its best value, as the default objective is.
-    if metric in ("val_accuracy", "val_loss") and f"best_{metric}" in columns:
-        return f"best_{metric}"
-    for candidate in (metric, f"best_{metric}", f"final_{metric}"):
-        if candidate in columns:
-            return candidate
-    return None
+__all__ = ["DEFAULT_OBJECTIVE", "Objective", "open_study", "param_importances", "pareto_mask", "pareto_rows",
+           "rank", "resolve_objectives", "searched_params", "varying_params"]
 
 
 def resolve_objectives(run_dir: str | os.PathLike[str], columns: Sequence[str]) -> tuple[list[Objective], list[str]]:
-    """The run's objectives from RUN_DIR/space.yaml (``objective:`` or ``objectives:``, a name, a
-    ``{metric, mode}`` mapping, ``{name: mode}`` or a list of these), mapped onto trials.parquet
-    ``columns``; best_val_accuracy (max) when absent. Notes explain any fallback."""
-    path = Path(run_dir) / "space.yaml"
-    if not path.is_file():
+    """The run's objectives as RUN_DIR/run.json records them, those whose column is among the
+    trials.parquet ``columns``; best_val_accuracy (max) when there are none. Notes explain any
+    fallback."""
+    if not (Path(run_dir) / RUN_FILE).is_file():
         return [DEFAULT_OBJECTIVE], []
     try:
-        space = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        return [DEFAULT_OBJECTIVE], [f"{path} unreadable ({type(exc).__name__}); ranking by best_val_accuracy"]
-    raw = space.get("objective", space.get("objectives")) if isinstance(space, Mapping) else None
-    if raw is None:
-        return [DEFAULT_OBJECTIVE], []
+        recorded = read_run(run_dir).objectives
+    except RunDirError as exc:
+        return [DEFAULT_OBJECTIVE], [f"{exc}; ranking by best_val_accuracy"]
     objectives, notes = [], []
-    for metric, mode in _parse_one(raw):
-        column = _column(metric, columns)
-        if column is None:
-            notes.append(f"objective {metric!r} from space.yaml has no column in trials.parquet; ignored")
-            continue
-        objectives.append(Objective(metric, column, _direction(metric, mode)))
+    for objective in recorded:
+        if objective.column is None or objective.column not in columns:
+            notes.append(f"objective {objective.metric!r} has no column in trials.parquet; ignored")
+        else:
+            objectives.append(objective)
     if not objectives:
         notes.append("ranking by best_val_accuracy")
         objectives = [DEFAULT_OBJECTIVE]
@@ -146,17 +86,14 @@ def varying_params(rows: Sequence[Mapping[str, Any]], numeric_only: bool = False
 
 def searched_params(run_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]],
                     numeric_only: bool = False) -> list[str]:
-    """param_* columns of the parameters under ``search:`` in RUN_DIR/space.yaml, in that order; the
-    columns that vary between trials when space.yaml is missing or names none of them."""
+    """param_* columns of the searched parameters RUN_DIR/run.json names, in the space's order; the
+    columns that vary between trials when run.json is missing or names none of them."""
     columns = {k for r in rows for k in r if k.startswith(PARAM_PREFIX)}
     try:
-        space = yaml.safe_load((Path(run_dir) / "space.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        space = None
-    search = space.get("search") if isinstance(space, Mapping) else None
-    if not isinstance(search, Mapping):
-        return varying_params(rows, numeric_only)
-    out = [PARAM_PREFIX + str(name) for name in search if PARAM_PREFIX + str(name) in columns]
+        names = read_run(run_dir).params
+    except RunDirError:
+        names = ()
+    out = [PARAM_PREFIX + name for name in names if PARAM_PREFIX + name in columns]
     if numeric_only:
         out = [c for c in out if any(is_finite(r.get(c)) for r in rows)
                and all(r.get(c) is None or is_finite(r.get(c)) for r in rows)]
@@ -169,7 +106,7 @@ def searched_params(run_dir: str | os.PathLike[str], rows: Sequence[Mapping[str,
 @contextlib.contextmanager
 def open_study(run_dir: str | os.PathLike[str]) -> Iterator[tuple[Any, str]]:
     """Yield (study, "") for RUN_DIR/study.db, or (None, reason) when there is none to read."""
-    path = Path(run_dir) / "study.db"
+    path = Path(run_dir) / STUDY_FILE
     if not path.is_file():
         yield None, f"no study.db in {run_dir}"
         return

@@ -8,23 +8,26 @@ No Ray here: the rows are read from the table alone.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gs_tune.stats import mean_interval
+
 Rows = Sequence[Mapping[str, Any]]
-CI_NOTE = "test accuracy: mean over seeds ± 1.96·sd/√seeds (one seed: its CI over test tasks)"
+CI_NOTE = ("test accuracy: mean over seeds ± t·sd/√seeds, Student t with seeds − 1 degrees of freedom "
+           "(one seed: its CI over test tasks)")
 
 
 def aggregate(accuracies: Sequence[float], ci95s: Sequence[float]) -> tuple[float, float]:
-    """Mean over seeds and its 95% half-width: 1.96·sd/√n over the per-seed accuracies (sd holds
-    training noise and, as each seed draws its own test tasks, task sampling noise too). With one
-    seed, that run's own CI over its test tasks."""
+    """Mean over seeds and its 95% half-width over the per-seed accuracies (gs_tune.stats; their sd
+    holds training noise and, as each seed draws its own test tasks, task sampling noise too). With
+    one seed, that run's own CI over its test tasks."""
     if len(accuracies) == 1:
         return accuracies[0], ci95s[0]
-    return statistics.fmean(accuracies), 1.96 * statistics.stdev(accuracies) / math.sqrt(len(accuracies))
+    interval = mean_interval(accuracies, over="seeds")
+    return interval.mean, interval.half_width
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from gs_tune.results.analysis import (
 from gs_tune.results.evaluation import CI_NOTE, MethodResult, markdown_table, method_results
 from gs_tune.results.schema import PARAM_PREFIX
 from gs_tune.results.summary import fmt, status_counts
-from gs_tune.results.tables import EVALUATION_FILE, METRICS_FILE, read_evaluation, read_metrics, read_trials
+from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
+from gs_tune.rundir import EVALUATION_FILE, METRICS_FILE, REPORT_DIR
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -62,10 +63,6 @@ class SliceData:
     """linear, log, or symlog (log-like, but keeps the zeros of a parameter inactive in some trials)."""
     label: str
     trial_ids: list[str] = field(default_factory=list)
-
-    @property
-    def log_x(self) -> bool:
-        return self.x_scale != "linear"
 
 
 @dataclass
@@ -258,6 +255,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def _best_trial(ranked: Rows, objective: Objective) -> list[str]:
+    if not ranked:
+        return ["No trial has a value for the objective yet."]
+    b = ranked[0]
+    ci = b.get("final_val_ci95")
+    md = [f"`{b['trial_id']}` ({b['status']}): {objective.column} = {fmt(b.get(objective.column))}; "
+          f"final val accuracy {fmt(b.get('final_val_accuracy'))}"
+          + (f" ± {ci:.3f}" if is_finite(ci) else "")
+          + (f"; test accuracy {fmt(b.get('test_accuracy'))}" if b.get("test_accuracy") is not None else ""),
+          "", "| parameter | value |", "|---|---|"]
+    return md + [f"| {k[len(PARAM_PREFIX):]} | {fmt(v)} |" for k, v in b.items() if k.startswith(PARAM_PREFIX)]
+
+
 def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
     """Write RUN_DIR/report/*.png and RUN_DIR/report/report.md; returns the report.md path."""
     run_dir = Path(run_dir)
@@ -266,7 +276,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
     metrics = read_metrics(run_dir).to_pylist() if (run_dir / METRICS_FILE).exists() else []
     objectives, notes = resolve_objectives(run_dir, trials.column_names)
     objective = objectives[0]
-    out = run_dir / "report"
+    out = run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # slices of parameters no longer present must not linger
         old.unlink()
@@ -277,19 +287,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
           f"**{len(rows)} trials**: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"), "",
           "Objective: " + ", ".join(o.label for o in objectives), ""]
     md += [f"> note: {n}" for n in notes] + ([""] if notes else [])
-    best = rank(rows, objective)
-    md += ["## Best trial", ""]
-    if best:
-        b = best[0]
-        ci = b.get("final_val_ci95")
-        md += [f"`{b['trial_id']}` ({b['status']}): {objective.column} = {fmt(b.get(objective.column))}; "
-               f"final val accuracy {fmt(b.get('final_val_accuracy'))}"
-               + (f" ± {ci:.3f}" if is_finite(ci) else "")
-               + (f"; test accuracy {fmt(b.get('test_accuracy'))}" if b.get("test_accuracy") is not None else ""),
-               "", "| parameter | value |", "|---|---|"]
-        md += [f"| {k[len(PARAM_PREFIX):]} | {fmt(v)} |" for k, v in b.items() if k.startswith(PARAM_PREFIX)]
-    else:
-        md.append("No trial has a value for the objective yet.")
+    md += ["## Best trial", "", *_best_trial(rank(rows, objective), objective)]
 
     history = draw_history(history_data(rows, objective), out / "history.png")
     md += ["", "## Optimisation history", "", f"![history]({history.name})"]

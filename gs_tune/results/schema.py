@@ -109,10 +109,6 @@ def param_types_of(schema: pa.Schema) -> dict[str, pa.DataType]:
     """Inverse of :func:`trials_schema`: the parameter types held in a trials schema."""
     return {f.name[len(PARAM_PREFIX):]: f.type for f in schema if f.name.startswith(PARAM_PREFIX)}
 
-
-# Kept for callers that want the fixed part only (e.g. to validate a table without parameters).
-TRIALS_SCHEMA: pa.Schema = trials_schema({})
-
 # --- metrics.parquet ----------------------------------------------------------
 
 METRICS_SCHEMA: pa.Schema = _schema([
@@ -146,15 +142,3 @@ EVALUATION_SCHEMA: pa.Schema = _schema([
     _field("params_json", _STR, "All parameters of the run as a JSON object (sorted keys)."),
 ], "evaluation")
 
-
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
-def describe(schema: pa.Schema) -> list[tuple[str, str, str]]:
-    """(name, type, description) per field: what docs/results.md tabulates."""
-    out = []
-    for f in schema:
-        meta: Mapping[Any, Any] = f.metadata or {}
-        out.append((f.name, str(f.type), meta.get(b"description", b"").decode()))
-    return out

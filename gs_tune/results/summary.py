@@ -1,6 +1,6 @@
 """Terminal summary of a run directory: best trials, counts by status, parameter importances.
 
-Reads only files (trials.parquet, space.yaml, study.db), so it works while the
+Reads only files (trials.parquet, run.json, study.db), so it works while the
 search is still running, after it finished, and after it was interrupted.
 """
 
@@ -22,7 +22,8 @@ from gs_tune.results.analysis import (
     searched_params,
 )
 from gs_tune.results.schema import PARAM_PREFIX
-from gs_tune.results.tables import STATUSES, read_trials
+from gs_tune.results.tables import read_trials
+from gs_tune.rundir import FAILED, RUNNING, STATUSES
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -83,8 +84,8 @@ def summarize(run_dir: str | os.PathLike[str], top_k: int = 5) -> str:
     counts = status_counts(rows)
     out = [f"Run {Path(run_dir)}: {len(rows)} trials"
            + (" (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")" if rows else "")]
-    if counts.get("running"):
-        out.append(f"{counts['running']} trial(s) still marked running: the search is live or was interrupted.")
+    if counts.get(RUNNING):
+        out.append(f"{counts[RUNNING]} trial(s) still marked running: the search is live or was interrupted.")
     out.append("Objective: " + ", ".join(o.label for o in objectives))
     out += [f"note: {n}" for n in notes]
     params = searched_params(run_dir, rows)
@@ -97,7 +98,7 @@ def summarize(run_dir: str | os.PathLike[str], top_k: int = 5) -> str:
         best = rank(rows, objectives[0])[:max(top_k, 0)]
         out.append(f"Top {len(best)} trials by {objectives[0].label}:")
         out.append(_trial_rows(best, objectives, params) if best else "  (no trial has a value yet)")
-    failed = [r for r in rows if r.get("status") in ("error", "diverged") and r.get("error")]
+    failed = [r for r in rows if r.get("status") in FAILED and r.get("error")]
     if failed:
         out.append("")
         out.append(f"Failed trials ({len(failed)}), last line of each error:")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,58 +20,38 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gs_tune import records as R
 from gs_tune.errors import RunDirError
+from gs_tune.fileio import atomic_write, remove_stale_temps
 from gs_tune.results import _values as V
 from gs_tune.results import schema as S
+from gs_tune.rundir import (
+    COMPLETED,
+    DIVERGED,
+    EVALUATION_FILE,
+    FAILED,
+    METRICS_FILE,
+    RUNNING,
+    STATUSES,
+    TENSORBOARD_DIR,
+    TRIALS_FILE,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
 
     from gs_tune.results.tensorboard import TrialTensorBoard
 
-TRIALS_FILE = "trials.parquet"
-METRICS_FILE = "metrics.parquet"
-EVALUATION_FILE = "evaluation.parquet"
-STATUSES = ("running", "completed", "early_stopped", "diverged", "error")
-_TEST_FIELDS = ("test_loss", "test_accuracy", "test_ci95")
+# Every numeric field a record may carry, under its record name (gs_tune/records.py).
+_NUMBERS = (*R.RUN_FIELDS, *R.TRAIN_FIELDS, *R.VAL_FIELDS, *R.TEST_FIELDS)
+# trials.parquet columns that follow the latest record: record field -> column.
+_LATEST = {"elapsed_s": "wall_seconds", "sec_per_iter": "sec_per_iter", "peak_memory_mb": "peak_memory_mb"}
 
 
 def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    """Write ``table`` as Parquet at ``path`` so that ``path`` is always either the old or the new file.
-
-    The data go to a hidden temp file in the same directory (os.replace is only atomic within one
-    filesystem), are fsynced, then renamed over ``path``; a crash at any point leaves the previous
-    file intact and at worst a stray ``.<name>.*.tmp`` that no ``*.parquet`` glob picks up.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, and not needed for atomicity.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Write ``table`` as Parquet at ``path`` so that ``path`` is always either the old or the new
+    file (gs_tune/fileio.py says how)."""
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read(run_dir: str | os.PathLike[str], name: str) -> pa.Table:
@@ -132,13 +111,12 @@ class ResultsWriter:
 
     Construct it once per search (also when resuming: existing rows are loaded and kept). Not
     process-safe: exactly one writer per run directory, in the driver. ``tensorboard=True`` also
-    writes RUN_DIR/tensorboard/<trial_id>/ through :class:`TrialTensorBoard`. ``param_types``
-    gives parameter column types up front (else TrainConfig's field types, else the values'); a
-    column still widens if a value does not fit (int -> float -> string).
+    writes RUN_DIR/tensorboard/<trial_id>/ through :class:`TrialTensorBoard`. Parameter columns take
+    TrainConfig's field types (else the values'); a column still widens if a value does not fit
+    (int -> float -> string).
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, tensorboard: bool = False,
-                 param_types: Mapping[str, type | pa.DataType] | None = None):
+    def __init__(self, run_dir: str | os.PathLike[str], *, tensorboard: bool = False):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # Tune calls callbacks from one thread; this guards other users
@@ -146,64 +124,67 @@ class ResultsWriter:
         self._params: dict[str, dict[str, Any]] = {}
         self._metrics: dict[str, dict[int, dict[str, Any]]] = {}
         self._types: dict[str, pa.DataType | None] = {}
-        self._hints = dict(V.config_param_types())
-        self._hints.update({k: S.arrow_type(t) for k, t in (param_types or {}).items()})
+        self._hints = V.config_param_types()
         self._tensorboard = tensorboard
         self._boards: dict[str, TrialTensorBoard] = {}
-        for stale in self.run_dir.glob(".*.parquet.*.tmp"):  # left by a writer killed mid-write
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        remove_stale_temps(self.run_dir, "*.parquet")  # left by a writer killed mid-write
         self._load()
 
     # --- Tune events --------------------------------------------------------------
 
     def on_report(self, trial_id: str, record: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
-        """One trainer record (kind val, test or diverged) of ``trial_id``, whose parameters are ``params``.
+        """One record of ``trial_id`` as the search reports it (gs_tune/records.py), whose trial
+        parameters are ``params``.
 
         A val record adds a metrics row, or replaces the row of the same iteration (a resumed trial
-        re-reports from its checkpoint). A test record fills the trial's test_* columns and no metrics
-        row; so do the test_* values of a val record (a trial sends its last validation and the test
-        as one). A diverged record adds a row with its training loss but not its placeholder
-        val_accuracy, and marks the trial diverged; any other record marks it running. device, node
-        and seed, when a record carries them, fill those columns.
+        re-reports from its checkpoint); its test_* values, when the search sent the last validation
+        and the test as one report, fill the trial's test columns. A test record fills those columns
+        and adds no metrics row. A diverged record adds a row with its training loss and no
+        validation values (the search's placeholder val_accuracy is for the searcher only), and
+        marks the trial diverged; any other record marks it running. device, node and seed, when a
+        record carries them, fill those columns.
         """
         tid = str(trial_id)
-        kind = str(record.get("kind") or ("test" if record.get("test_accuracy") is not None
-                                          and record.get("val_accuracy") is None else "val"))
+        kind = V.record_kind(record, tid)
         # Convert everything first: a bad value must raise before any state changes.
         iteration = V.to_int(record.get("iteration"), "iteration")
         if kind != "test" and iteration is None:
             raise ValueError(f"trial {tid}: a {kind!r} record needs 'iteration'")
-        values = {c: V.to_float(record.get(c), c) for c in (*S.METRIC_COLUMNS[2:], *_TEST_FIELDS, "peak_memory_mb")}
+        values = {c: V.to_float(record.get(c), c) for c in _NUMBERS}
         seed = V.to_int(record.get("seed"), "seed")
         with self._lock:
             trial = self._trial(tid)
-            trial.update({key: values[key] for key in _TEST_FIELDS if kind == "test" or values[key] is not None})
+            trial.update({key: values[key] for key in R.TEST_FIELDS if kind == "test" or values[key] is not None})
             if kind != "test":
                 row = {c: values[c] for c in S.METRIC_COLUMNS[2:]}
                 if kind == "diverged":
-                    row.update(val_loss=None, val_accuracy=None, val_ci95=None)
+                    row.update(dict.fromkeys(R.VAL_FIELDS))
                 self._metrics.setdefault(tid, {})[iteration] = {"trial_id": tid, "iteration": iteration, **row}
                 self._refresh_val(tid)
-            for key, col in (("iteration", "iterations"), ("elapsed_s", "wall_seconds"),
-                             ("sec_per_iter", "sec_per_iter"), ("peak_memory_mb", "peak_memory_mb")):
-                value = iteration if key == "iteration" else values[key]
-                if value is not None:
-                    trial[col] = value
-            for key in ("device", "node"):  # the trainer's test record / the trial actor may say
-                if record.get(key) is not None:
-                    trial[key] = str(record[key])
-            if seed is not None:
-                trial["seed"] = seed
+            self._update_latest(trial, record, iteration, values, seed)
             if kind == "diverged":
-                trial["status"], trial["error"] = "diverged", f"non-finite training loss at iteration {iteration}"
+                trial["status"], trial["error"] = DIVERGED, f"non-finite training loss at iteration {iteration}"
             else:
-                trial["status"], trial["error"] = "running", None
+                trial["status"], trial["error"] = RUNNING, None
             self._set_params(tid, params)
             self._write_metrics()
             self._write_trials()
             if self._tensorboard:
                 self._board(tid).log(record)
+
+    @staticmethod
+    def _update_latest(trial: dict[str, Any], record: Mapping[str, Any], iteration: int | None,
+                       values: Mapping[str, float | None], seed: int | None) -> None:
+        if iteration is not None:
+            trial["iterations"] = iteration
+        for key, column in _LATEST.items():
+            if values[key] is not None:
+                trial[column] = values[key]
+        for key in ("device", "node"):  # the search layer adds them to every report
+            if record.get(key) is not None:
+                trial[key] = str(record[key])
+        if seed is not None:
+            trial["seed"] = seed
 
     def on_trial_end(self, trial_id: str, status: str, error: str | None = None, device: str | None = None,
                      node: str | None = None, params: Mapping[str, Any] | None = None) -> None:
@@ -215,9 +196,9 @@ class ResultsWriter:
         tid = str(trial_id)
         with self._lock:
             trial = self._trial(tid)
-            if status == "completed" and trial["status"] == "diverged":
-                status = "diverged"
-            if error is None and status in ("diverged", "error"):
+            if status == COMPLETED and trial["status"] == DIVERGED:
+                status = DIVERGED
+            if error is None and status in FAILED:
                 error = trial["error"]  # keep what the diverged record said
             trial["status"] = status
             trial["error"] = None if error is None else str(error)
@@ -251,7 +232,7 @@ class ResultsWriter:
 
     def _trial(self, tid: str) -> dict[str, Any]:
         if tid not in self._trials:
-            self._trials[tid] = {c: None for c in S.TRIAL_CORE_COLUMNS} | {"trial_id": tid, "status": "running"}
+            self._trials[tid] = {c: None for c in S.TRIAL_CORE_COLUMNS} | {"trial_id": tid, "status": RUNNING}
             self._params[tid] = {}
         return self._trials[tid]
 
@@ -285,7 +266,7 @@ class ResultsWriter:
         if tid not in self._boards:
             from gs_tune.results.tensorboard import TrialTensorBoard  # torch import only when asked for
 
-            self._boards[tid] = TrialTensorBoard(self.run_dir / "tensorboard" / tid, self._params.get(tid, {}))
+            self._boards[tid] = TrialTensorBoard(self.run_dir / TENSORBOARD_DIR / tid, self._params.get(tid, {}))
         return self._boards[tid]
 
     # --- files ------------------------------------------------------------------

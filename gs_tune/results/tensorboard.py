@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,37 +24,38 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
+from gs_tune.results._values import record_kind
+from gs_tune.rundir import COMPLETED, DIVERGED, EARLY_STOPPED, ERROR, RUNNING, TENSORBOARD_DIR
+
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
 
-# record key -> scalar tag; the prefix before "/" is the dashboard group.
-SCALAR_TAGS: dict[str, str] = {
+    from gs_tune.records import Record
+
+# record field (gs_tune/records.py) -> scalar tag; the prefix before "/" is the dashboard group.
+TRAIN_TAGS: dict[str, str] = {
     "train_loss": "train/loss",
     "train_accuracy": "train/accuracy",
-    "val_loss": "val/loss",
-    "val_accuracy": "val/accuracy",
-    "val_ci95": "val/ci95",
-    "test_loss": "test/loss",
-    "test_accuracy": "test/accuracy",
-    "test_ci95": "test/ci95",
     "grad_norm": "grad/first_order_norm",
     "correction_norm": "grad/correction_norm",
     "grad_cosine": "grad/cosine",
     "ahe_lambda": "grad/lambda",
-    "sec_per_iter": "perf/sec_per_iter",
-    "peak_memory_mb": "perf/peak_memory_mb",
 }
+VAL_TAGS: dict[str, str] = {"val_loss": "val/loss", "val_accuracy": "val/accuracy", "val_ci95": "val/ci95"}
+TEST_TAGS: dict[str, str] = {"test_loss": "test/loss", "test_accuracy": "test/accuracy", "test_ci95": "test/ci95"}
+PERF_TAGS: dict[str, str] = {"sec_per_iter": "perf/sec_per_iter", "peak_memory_mb": "perf/peak_memory_mb"}
+SCALAR_TAGS: dict[str, str] = {**TRAIN_TAGS, **VAL_TAGS, **TEST_TAGS, **PERF_TAGS}
 # Metrics of the HParams dashboard; distinct tags from the val/* scalars so the dashboard shows the
 # summary value rather than whatever val/accuracy happened to be last.
 HPARAM_METRICS: tuple[str, ...] = ("best_val_accuracy", "final_val_accuracy", "test_accuracy")
 METRIC_TAG_PREFIX = "hparams/"
 
 _STATUS = {
-    "completed": api_pb2.STATUS_SUCCESS,
-    "early_stopped": api_pb2.STATUS_SUCCESS,  # stopped by ASHA on purpose, its metrics are valid
-    "diverged": api_pb2.STATUS_FAILURE,
-    "error": api_pb2.STATUS_FAILURE,
-    "running": api_pb2.STATUS_RUNNING,
+    RUNNING: api_pb2.STATUS_RUNNING,
+    COMPLETED: api_pb2.STATUS_SUCCESS,
+    EARLY_STOPPED: api_pb2.STATUS_SUCCESS,  # stopped by ASHA on purpose, its metrics are valid
+    DIVERGED: api_pb2.STATUS_FAILURE,
+    ERROR: api_pb2.STATUS_FAILURE,
 }
 
 
@@ -119,27 +120,36 @@ class TrialTensorBoard:
         self._closed = False
 
     def log(self, record: Mapping[str, Any]) -> None:
-        """Scalars of one trainer record at step = its ``iteration``; None values are skipped.
+        """Scalars of one record as the search reports it (gs_tune/records.py); None values are skipped.
 
-        A test record repeats the last validation values and a diverged record carries a placeholder
-        val_accuracy; only the test and perf scalars of the one and the train scalars of the other
-        are logged, so val/* holds measured validations only.
+        train/ and grad/ come from the record's ``train_log`` points, each at its own iteration
+        (every ``log_every`` iterations), or from the record's own averages at its iteration when it
+        has no train_log (a diverged record). val/ comes from val records only: a diverged record's
+        val_accuracy is the searcher's placeholder, not a measurement. test/ and perf/ come from
+        whichever record carries them.
         """
-        kind = record.get("kind", "val")
-        step = record.get("iteration")
-        self._step = int(step) if step is not None else self._step
-        for key, tag in SCALAR_TAGS.items():
-            value = record.get(key)
-            if value is None or (kind in ("test", "diverged") and tag.startswith("val/")):
-                continue
-            self._writer.add_scalar(tag, float(value), self._step)
-        val = record.get("val_accuracy")
-        if val is not None and kind not in ("test", "diverged"):
-            self._final_val = float(val)
-            if math.isfinite(val) and (self._best_val is None or val > self._best_val):
-                self._best_val = float(val)
+        kind = record_kind(record, self.logdir.name)
+        if record.get("iteration") is not None:
+            self._step = int(record["iteration"])
+        points = record.get("train_log")
+        for point in points if points else [record]:
+            self._scalars(point, TRAIN_TAGS, int(point.get("iteration", self._step)))
+        if kind == "val":
+            self._scalars(record, VAL_TAGS, self._step)
+            val = record.get("val_accuracy")
+            if val is not None:
+                self._final_val = float(val)
+                if math.isfinite(val) and (self._best_val is None or val > self._best_val):
+                    self._best_val = float(val)
+        self._scalars(record, {**TEST_TAGS, **PERF_TAGS}, self._step)
         if record.get("test_accuracy") is not None:
             self._test = float(record["test_accuracy"])
+
+    def _scalars(self, values: Mapping[str, Any], tags: Mapping[str, str], step: int) -> None:
+        for key, tag in tags.items():
+            value = values.get(key)
+            if value is not None:
+                self._writer.add_scalar(tag, float(value), step)
 
     def close(self, final: Mapping[str, Any] | None = None) -> None:
         """End the session: ``final`` may give best_val_accuracy, final_val_accuracy, test_accuracy
@@ -156,7 +166,7 @@ class TrialTensorBoard:
                 value = seen[name]
             if value is not None:
                 self._writer.add_scalar(METRIC_TAG_PREFIX + name, float(value), self._step)
-        self._file_writer.add_summary(session_end_summary(str(final.get("status") or "completed")), self._step)
+        self._file_writer.add_summary(session_end_summary(str(final.get("status") or COMPLETED)), self._step)
         self.suspend()
 
     def suspend(self) -> None:
@@ -182,7 +192,24 @@ def start_tensorboard_command(run_dir: str | os.PathLike[str], port: int | None 
     local = Path(sys.executable).with_name("tensorboard")
     exe = str(local) if local.exists() else shutil.which("tensorboard")
     argv = [exe] if exe else [sys.executable, "-m", "tensorboard.main"]
-    argv += ["--logdir", str(Path(run_dir) / "tensorboard"), "--host", "127.0.0.1"]
+    argv += ["--logdir", str(Path(run_dir) / TENSORBOARD_DIR), "--host", "127.0.0.1"]
     if port is not None:
         argv += ["--port", str(int(port))]
     return argv
+
+
+def log_records(records: Iterator[Record], logdir: str | os.PathLike[str],
+                hparams: Mapping[str, Any]) -> Iterator[Record]:
+    """Pass the trainer's records through, writing each to TensorBoard under ``logdir`` (a
+    standalone ``gs-tune train --tensorboard``); the session stays open if the consumer stops early."""
+    board = TrialTensorBoard(logdir, hparams)
+    status = COMPLETED
+    try:
+        for record in records:
+            board.log(record)
+            status = DIVERGED if record.get("kind") == "diverged" else status
+            yield record
+    except GeneratorExit:
+        board.suspend()
+        raise
+    board.close({"status": status})

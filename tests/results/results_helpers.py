@@ -1,5 +1,5 @@
 """Builders of synthetic run directories for tests/results: tables written by ResultsWriter, a real
-Optuna SQLite study and a space.yaml, as the search layer leaves them. A plain module (not conftest)
+Optuna SQLite study, space.yaml and run.json, as the search layer leaves them. A plain module (not conftest)
 so test files can import the helpers; its name is unique across the test tree."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from gs_tune.results.tables import ResultsWriter
+from gs_tune.rundir import new_run_info, write_run
+from gs_tune.search.space import parse_space
 
 FIXED = {"dataset": "digits", "model": "conv4", "ways": 5, "shots": 1, "iterations": 300, "seed": 0,
          "ahe_clip": None}
@@ -48,27 +49,29 @@ def empty_study_db(path: Path) -> Path:
 def build_run(path: Path, *, multi: bool = False, interrupted: bool = False,
               study_db: Path | None = None) -> Path:
     """A run directory; with ``study_db`` (from :func:`empty_study_db`) also a study.db. interrupted:
-    the last three trials never ended (status running), no space.yaml, and the study holds one
-    completed trial only."""
+    the last three trials never ended (status running), no space.yaml or run.json, and the study
+    holds one completed trial only."""
     path.mkdir(parents=True)
     if not interrupted:
         objective: Any = {"metric": "val_accuracy", "mode": "max"}
         if multi:
             objective = [objective, {"metric": "sec_per_iter", "mode": "min"}]
-        space = {"name": path.name, "fixed": FIXED, "search": SEARCH, "objective": objective}
-        (path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+        space = parse_space({"fixed": FIXED, "search": SEARCH, "objective": objective}, path.name)
+        write_run(path, new_run_info(path, space), space)
     writer = ResultsWriter(path)
     for i, (tid, searched, accs, spi, status) in enumerate(TRIALS):
         params = {**FIXED, **searched}
+        ended = not (interrupted and i >= 3)
         for j, acc in enumerate(accs):
-            writer.on_report(tid, val_record(100 * (j + 1), acc, spi), params)
-        if interrupted and i >= 3:
+            extra: dict[str, Any] = {}
+            if ended and status == "completed" and j == len(accs) - 1:
+                # the search sends the last validation and the test as one report (search/trial.py)
+                extra = {"test_accuracy": acc - 0.01, "test_ci95": 0.01, "test_loss": 1.0,
+                         "peak_memory_mb": 120.0, "device": "cpu"}
+            writer.on_report(tid, val_record(100 * (j + 1), acc, spi, **extra), params)
+        if not ended:
             continue
-        if status == "completed":
-            writer.on_report(tid, {"kind": "test", "iteration": 300, "test_accuracy": accs[-1] - 0.01,
-                                   "test_ci95": 0.01, "test_loss": 1.0, "sec_per_iter": spi,
-                                   "peak_memory_mb": 120.0, "device": "cpu"}, params)
-        elif status == "diverged":
+        if status == "diverged":
             writer.on_report(tid, {"kind": "diverged", "iteration": 150, "val_accuracy": 0.0,
                                    "train_loss": float("nan")}, params)
         writer.on_trial_end(tid, status, device="cpu", node="node-1")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gs_tune.errors import RunDirError
 from gs_tune.results.analysis import (
@@ -19,6 +19,8 @@ from gs_tune.results.analysis import (
 )
 from gs_tune.results.summary import summarize
 from gs_tune.results.tables import read_trials
+from gs_tune.rundir import new_run_info, read_run, write_run
+from gs_tune.search.space import parse_space
 
 COLUMNS = ["best_val_accuracy", "final_val_accuracy", "best_val_loss", "sec_per_iter", "test_accuracy"]
 
@@ -76,27 +78,45 @@ def test_unreadable_study_is_a_note(make_run) -> None:
     assert "Parameter importances: skipped (cannot read" in summarize(run)
 
 
+def _launched(run_dir: Path, objective: object) -> Path:
+    """run.json and space.yaml as `gs-tune launch` writes them for a space with ``objective``."""
+    space = parse_space({"search": {"w_cos": {"uniform": [0.0, 1.0]}}, "objective": objective}, "s")
+    run_dir.mkdir(exist_ok=True)
+    write_run(run_dir, new_run_info(run_dir, space), space)
+    return run_dir
+
+
 @pytest.mark.parametrize(("objective", "expected"), [
     ({"metric": "val_accuracy", "mode": "max"}, [DEFAULT_OBJECTIVE]),
     ([{"metric": "val_accuracy", "mode": "max"}, {"metric": "sec_per_iter", "mode": "min"}],
      [DEFAULT_OBJECTIVE, Objective("sec_per_iter", "sec_per_iter", "min")]),
-    ("val_loss", [Objective("val_loss", "best_val_loss", "min")]),
-    ({"final_val_accuracy": "maximize"}, [Objective("final_val_accuracy", "final_val_accuracy", "max")]),
-    ("test_accuracy:max", [Objective("test_accuracy", "test_accuracy", "max")]),
+    ({"metric": "val_loss"}, [Objective("val_loss", "best_val_loss", "min")]),
 ])
-def test_objectives_from_space_yaml(tmp_path: Path, objective: object, expected: list[Objective]) -> None:
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"objective": objective}))
-    assert resolve_objectives(tmp_path, COLUMNS) == (expected, [])
+def test_objectives_recorded_at_launch(tmp_path: Path, objective: object, expected: list[Objective]) -> None:
+    run = _launched(tmp_path / "run", objective)
+    assert resolve_objectives(run, COLUMNS) == (expected, [])
+    # the facts are in run.json: space.yaml is not read again
+    (run / "space.yaml").unlink()
+    assert resolve_objectives(run, COLUMNS) == (expected, [])
+
+
+def test_run_json_of_an_older_run_gets_its_facts_from_space_yaml(tmp_path: Path) -> None:
+    run = _launched(tmp_path / "run", {"metric": "val_loss"})
+    data = json.loads((run / "run.json").read_text())
+    del data["objectives"], data["params"]
+    (run / "run.json").write_text(json.dumps(data))
+    assert resolve_objectives(run, COLUMNS) == ([Objective("val_loss", "best_val_loss", "min")], [])
+    assert read_run(run).params == ("w_cos",)
 
 
 def test_objective_fallbacks(tmp_path: Path) -> None:
-    assert resolve_objectives(tmp_path, COLUMNS) == ([DEFAULT_OBJECTIVE], [])
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"objective": {"metric": "f1", "mode": "max"}}))
-    objectives, notes = resolve_objectives(tmp_path, COLUMNS)
-    assert objectives == [DEFAULT_OBJECTIVE] and "'f1'" in notes[0]
-    (tmp_path / "space.yaml").write_text("objective: [unclosed")
-    objectives, notes = resolve_objectives(tmp_path, COLUMNS)
-    assert objectives == [DEFAULT_OBJECTIVE] and "unreadable" in notes[0]
+    assert resolve_objectives(tmp_path, COLUMNS) == ([DEFAULT_OBJECTIVE], [])  # no run.json
+    run = _launched(tmp_path / "run", {"metric": "train_loss"})  # no trials.parquet column summarises it
+    objectives, notes = resolve_objectives(run, COLUMNS)
+    assert objectives == [DEFAULT_OBJECTIVE] and "'train_loss'" in notes[0]
+    (run / "run.json").write_text("{unclosed")
+    objectives, notes = resolve_objectives(run, COLUMNS)
+    assert objectives == [DEFAULT_OBJECTIVE] and "unreadable" in notes[0] and "run.json" in notes[0]
 
 
 def test_pareto_mask() -> None:
@@ -106,7 +126,7 @@ def test_pareto_mask() -> None:
 
 
 def test_searched_params_fall_back_to_varying_columns(make_run) -> None:
-    run = make_run("interrupted")  # has no space.yaml
+    run = make_run("interrupted")  # has no run.json
     rows = read_trials(run).to_pylist()
     assert searched_params(run, rows) == ["param_algorithm", "param_inner_lr", "param_w_cos"]
     assert searched_params(run, rows, numeric_only=True) == ["param_inner_lr", "param_w_cos"]

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from results_helpers import FIXED, val_record
 
+from gs_tune import records
 from gs_tune.errors import RunDirError
 from gs_tune.results.schema import (
     EVALUATION_SCHEMA,
@@ -29,6 +30,7 @@ from gs_tune.results.tables import (
     read_trials,
     write_evaluation,
 )
+from gs_tune.rundir import OBJECTIVE_COLUMNS
 
 
 def test_trials_schema_core_columns_then_typed_params() -> None:
@@ -87,6 +89,26 @@ def test_diverged_record_marks_trial_and_drops_placeholder_accuracy(make_run) ->
     assert math.isnan(diverged["train_loss"]) and diverged["val_accuracy"] is None
 
 
+def test_test_record_fills_test_columns_without_a_metrics_row(tmp_path: Path) -> None:
+    writer = ResultsWriter(tmp_path)
+    writer.on_report("a", val_record(100, 0.4, 0.1), FIXED)
+    writer.on_report("a", {"kind": "test", "iteration": 100, "test_loss": 1.1, "test_accuracy": 0.45,
+                           "test_ci95": 0.02})
+    trial = read_trials(tmp_path).to_pylist()[0]
+    assert (trial["test_accuracy"], trial["test_ci95"], trial["final_val_accuracy"]) == (0.45, 0.02, 0.4)
+    assert read_metrics(tmp_path).column("iteration").to_pylist() == [100]
+
+
+def test_record_fields_are_the_trainers() -> None:
+    # metrics.parquet's columns are the record fields of gs_tune/records.py under the same names
+    fields = {*records.RUN_FIELDS, *records.TRAIN_FIELDS, *records.VAL_FIELDS}
+    assert set(METRICS_SCHEMA.names[2:]) <= fields
+    assert {*records.TRAIN_FIELDS, *records.VAL_FIELDS} <= set(METRICS_SCHEMA.names)
+    assert set(records.TEST_FIELDS) <= {f.name for f in TRIAL_CORE_FIELDS}
+    # and each objective run.json records has its column in trials.parquet
+    assert set(OBJECTIVE_COLUMNS.values()) <= {f.name for f in TRIAL_CORE_FIELDS}
+
+
 def test_completed_after_diverged_record_stays_diverged(tmp_path: Path) -> None:
     writer = ResultsWriter(tmp_path)
     writer.on_report("a", {"kind": "diverged", "iteration": 7, "train_loss": math.inf, "val_accuracy": 0.0})
@@ -143,6 +165,8 @@ def test_bad_input_raises(tmp_path: Path) -> None:
         writer.on_trial_end("a", "finished")
     with pytest.raises(ValueError, match="needs 'iteration'"):
         writer.on_report("a", {"kind": "val", "val_accuracy": 0.5})
+    with pytest.raises(ValueError, match="kind must be one of val, test, diverged"):
+        writer.on_report("a", {"iteration": 1, "test_accuracy": 0.5})  # no guessing from the fields
     with pytest.raises(ValueError, match="must be a number"):
         writer.on_report("a", {"kind": "val", "iteration": 1, "val_accuracy": "high"})
     assert not (tmp_path / "trials.parquet").exists()  # rejected before anything was recorded

@@ -11,8 +11,9 @@ from results_helpers import FIXED, val_record
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
+from gs_tune import records
 from gs_tune.results.tables import ResultsWriter
-from gs_tune.results.tensorboard import TrialTensorBoard, start_tensorboard_command
+from gs_tune.results.tensorboard import SCALAR_TAGS, TrialTensorBoard, start_tensorboard_command
 
 TRAINING_TAGS = {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/ci95",
                  "grad/first_order_norm", "grad/correction_norm", "grad/cosine", "grad/lambda",
@@ -41,9 +42,8 @@ def test_results_writer_logs_every_trial(tmp_path: Path) -> None:
     for tid, w_cos, status in (("a", 0.1, "completed"), ("b", 0.5, "diverged")):
         params = {**FIXED, "w_cos": w_cos, "algorithm": "ahe"}
         writer.on_report(tid, val_record(100, 0.4, 0.1), params)
-        writer.on_report(tid, val_record(200, 0.6, 0.1), params)
-        writer.on_report(tid, {"kind": "test", "iteration": 200, "test_accuracy": 0.55, "test_ci95": 0.01,
-                               "val_accuracy": 0.6, "sec_per_iter": 0.1}, params)
+        # the last validation and the test arrive as one report (search/trial.py)
+        writer.on_report(tid, val_record(200, 0.6, 0.1, test_accuracy=0.55, test_ci95=0.01), params)
         writer.on_trial_end(tid, status)
     for tid, w_cos, status in (("a", 0.1, api_pb2.STATUS_SUCCESS), ("b", 0.5, api_pb2.STATUS_FAILURE)):
         logdir = tmp_path / "tensorboard" / tid
@@ -52,7 +52,8 @@ def test_results_writer_logs_every_trial(tmp_path: Path) -> None:
         tags = set(ea.Tags()["scalars"])
         assert TRAINING_TAGS <= tags
         assert {"hparams/best_val_accuracy", "hparams/final_val_accuracy", "hparams/test_accuracy"} <= tags
-        assert [e.step for e in ea.Scalars("val/accuracy")] == [100, 200]  # the test record adds none
+        assert [e.step for e in ea.Scalars("val/accuracy")] == [100, 200]
+        assert [e.value for e in ea.Scalars("test/accuracy")] == [pytest.approx(0.55)]
         assert ea.Scalars("hparams/best_val_accuracy")[-1].value == pytest.approx(0.6)
         hparams, end_status = _session(ea)
         assert hparams["w_cos"] == pytest.approx(w_cos) and hparams["algorithm"] == "ahe"
@@ -80,6 +81,31 @@ def test_trial_tensorboard_direct_use(tmp_path: Path) -> None:
     assert values == {"inner_lr": pytest.approx(0.25), "inner_steps": 3.0, "algorithm": "maml",
                       "vmap": True, "schedule": "[1, 2]"}
     assert status == api_pb2.STATUS_FAILURE
+
+
+def _point(iteration: int, loss: float) -> dict[str, float]:
+    return {"iteration": iteration, "train_loss": loss, "train_accuracy": 0.5, "grad_norm": 1.0,
+            "correction_norm": 0.1 * iteration, "grad_cosine": 0.2, "ahe_lambda": 1.0}
+
+
+def test_train_log_gives_train_and_grad_scalars_at_every_point(tmp_path: Path) -> None:
+    with TrialTensorBoard(tmp_path / "run", {}) as board:
+        board.log(val_record(20, 0.5, 0.2, train_log=[_point(10, 1.5), _point(20, 1.2)]))
+        board.log(val_record(40, 0.6, 0.2, train_log=[_point(30, 1.1), _point(40, 1.0)]))
+        board.log({"kind": "test", "iteration": 40, "test_accuracy": 0.55, "test_loss": 1.0, "test_ci95": 0.01})
+    ea = _load(tmp_path / "run")
+    # every log_every iterations, not only at validations, and the points' values, not the record's
+    assert [(e.step, round(e.value, 6)) for e in ea.Scalars("train/loss")] == [(10, 1.5), (20, 1.2), (30, 1.1),
+                                                                              (40, 1.0)]
+    assert [e.step for e in ea.Scalars("grad/correction_norm")] == [10, 20, 30, 40]
+    assert ea.Scalars("grad/correction_norm")[-1].value == pytest.approx(4.0)
+    assert [e.step for e in ea.Scalars("val/accuracy")] == [20, 40]
+    assert [e.step for e in ea.Scalars("test/accuracy")] == [40]
+
+
+def test_every_record_field_has_a_tag() -> None:
+    assert set(SCALAR_TAGS) >= {*records.TRAIN_FIELDS, *records.VAL_FIELDS, *records.TEST_FIELDS}
+    assert len(set(SCALAR_TAGS.values())) == len(SCALAR_TAGS)
 
 
 def test_suspended_session_has_no_end(tmp_path: Path) -> None:
