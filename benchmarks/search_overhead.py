@@ -14,9 +14,11 @@ Reported:
 * share = sum(meta-training) / (wall x slots), slots = trials at once, for both walls (target
   >= 90%), and where the remaining slot-time went.
 
-Timing hooks: ``launch()`` runs unchanged. The benchmark only wraps, in this process, the Ray
-session (``gs_tune.search.cluster.ray_session``), ``Tuner.fit`` and the results callback (to
-timestamp trial start / result / end in the driver); nothing inside the trials is touched.
+Timing: ``launch()`` runs unchanged; the benchmark passes it one extra Tune callback
+(``launch(callbacks=[...])``) that timestamps, in the driver, the start and end of Tune's run and
+every trial's start, results and end. Nothing inside the trials is touched. Starting and stopping
+a local Ray are timed once more on their own before the search, to split the time ``launch()``
+spends outside Tune.
 
 Each trial's iterations come from a quick calibration (one short in-process training on one
 thread) unless ``--iterations`` is given. Timings depend on what else the machine runs, so the
@@ -29,7 +31,6 @@ load average is sampled throughout and printed with the results.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -90,72 +91,52 @@ def calibrate(fixed: dict[str, Any], seconds: float) -> tuple[int, dict[str, flo
     # the middle of the searched ranges: the correction is computed, the clip may bind
     values = {**fixed, "w_cos": 0.03, "w_l2": 0.005, "inner_lr": 0.2, "outer_lr": 1e-3,
               "ahe_schedule": "constant", "ahe_clip": 2.0, "iterations": probe, "val_every": probe,
-              "val_tasks": VAL_TASKS, "test_tasks": 0, "device": "cpu", "progress": False}
-    for _ in train(train_config({**values, "iterations": 2, "val_every": 2}), dataset=data):
+              "val_tasks": VAL_TASKS, "test_tasks": 0}
+    for _ in train(train_config({**values, "iterations": 2, "val_every": 2}), device="cpu", dataset=data):
         pass  # warm-up: first-call costs (allocator, kernels) are not per-iteration costs
-    record = list(train(train_config(values), dataset=data))[-1]
+    record = list(train(train_config(values), device="cpu", dataset=data))[-1]
     sec_per_iter = record["sec_per_iter"]
     val_seconds = max(0.0, record["elapsed_s"] - sec_per_iter * probe)
     iterations = max(4, round((seconds - 2 * val_seconds) / sec_per_iter))
     return iterations, {"sec_per_iter": sec_per_iter, "val_seconds": val_seconds}
 
 
-# --- timing hooks ------------------------------------------------------------------------------
+# --- timing -----------------------------------------------------------------------------------
 
-def install_hooks() -> None:
-    """Timestamp the Ray session, Tuner.fit and every trial event; launch() itself is unchanged."""
-    from gs_tune.search import callbacks, cluster, runner
+def timing_callback():
+    """A Tune callback that timestamps the run (setup, end) and each trial's start, results, end."""
+    from ray import tune
 
-    original_session = cluster.ray_session
-
-    @contextlib.contextmanager
-    def timed_session(*args, **kwargs):
-        MARKS["ray_start"] = now()
-        with original_session(*args, **kwargs) as info:
-            MARKS["ray_up"] = now()
-            try:
-                yield info
-            finally:
-                MARKS["ray_stop"] = now()
-        MARKS["ray_down"] = now()
-
-    original_build = runner._build_tuner
-
-    def timed_build(*args, **kwargs):
-        MARKS["build_start"] = now()
-        tuner = original_build(*args, **kwargs)
-        fit = tuner.fit
-
-        def timed_fit():
+    class Timing(tune.Callback):
+        def setup(self, **info):
             MARKS["fit_start"] = now()
-            try:
-                return fit()
-            finally:
-                MARKS["fit_end"] = now()
 
-        tuner.fit = timed_fit
-        return tuner
+        def on_experiment_end(self, trials, **info):
+            MARKS["fit_end"] = now()
 
-    class TimedResultsCallback(callbacks.ResultsCallback):
         def on_trial_start(self, iteration, trials, trial, **info):
             EVENTS.append((now(), "start", trial.trial_id, {}))
-            super().on_trial_start(iteration, trials, trial, **info)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             EVENTS.append((now(), "result", trial.trial_id, dict(result)))
-            super().on_trial_result(iteration, trials, trial, result, **info)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             EVENTS.append((now(), "end", trial.trial_id, {}))
-            super().on_trial_complete(iteration, trials, trial, **info)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             EVENTS.append((now(), "end", trial.trial_id, {"error": True}))
-            super().on_trial_error(iteration, trials, trial, **info)
 
-    cluster.ray_session = timed_session
-    runner._build_tuner = timed_build
-    callbacks.ResultsCallback = TimedResultsCallback
+    return Timing()
+
+
+def ray_start_stop() -> tuple[float, float]:
+    """Seconds to start and to stop a local Ray as launch() does, measured once in this process."""
+    from gs_tune.search.cluster import ray_session
+
+    t0 = now()
+    with ray_session(None, object_store_memory=OBJECT_STORE_BYTES):
+        t1 = now()
+    return t1 - t0, now() - t1
 
 
 class LoadSampler:
@@ -221,8 +202,7 @@ def setup_costs(fixed: dict[str, Any]) -> dict[str, float]:
     t0 = now()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     out["python start (empty interpreter)"] = now() - t0
-    config = {**fixed, "device": "cpu", "progress": False}
-    proc = subprocess.run([sys.executable, "-c", SETUP_PROBE, json.dumps(config)], check=True,
+    proc = subprocess.run([sys.executable, "-c", SETUP_PROBE, json.dumps(fixed)], check=True,
                           capture_output=True, text=True)
     out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
     return out
@@ -342,14 +322,13 @@ def report(args: argparse.Namespace, info: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     total = launch_wall * slots
-    pre = (MARKS["ray_start"] - info["launch_start"]) * slots
-    ray_start = (MARKS["ray_up"] - MARKS["ray_start"]) * slots
-    build = (MARKS["fit_start"] - MARKS["ray_up"]) * slots
+    ray_start, ray_stop = (seconds * slots for seconds in info["ray_alone"])
+    # before Tune's run: the space, the run directory, Ray's start, the searcher and its study
+    build = (MARKS["fit_start"] - info["launch_start"]) * slots - ray_start
     startup = (first_start - MARKS["fit_start"]) * slots
     in_trial = sum(outside)
     teardown = (MARKS["fit_end"] - last_end) * slots
-    stop = (MARKS["ray_down"] - MARKS["fit_end"]) * slots
-    post = (info["launch_end"] - MARKS["ray_down"]) * slots
+    post = (info["launch_end"] - MARKS["fit_end"]) * slots - ray_stop
     components = [
         ("Meta-training + validation (trainer clock)", meta),
         ("Inside trials, outside the trainer clock (actor, imports, data, checkpoints, reports)",
@@ -357,11 +336,11 @@ def report(args: argparse.Namespace, info: dict[str, Any]) -> str:
         ("Between trials: slot free while trials still waited to start", handoff),
         ("Tail: fewer trials left than slots", tail),
         ("Tune start: fit() to first trial start (incl. starting the trial processes)", startup),
-        ("Tune end: last trial end to fit() return", teardown),
-        ("Ray start (ray.init)", ray_start),
-        ("Tuner build (searcher, Optuna study, callback)", build),
-        ("Ray stop (ray.shutdown)", stop),
-        ("launch() before Ray (space, run dir) and after (summary)", pre + post),
+        ("Tune end: last trial end to the end of Tune's run", teardown),
+        ("Ray start (ray.init; timed alone before the search)", ray_start),
+        ("Space, run directory, searcher and Optuna study, Tuner build", build),
+        ("Ray stop (ray.shutdown; timed alone before the search)", ray_stop),
+        ("launch() after Tune (Ray stop aside): summary", post),
     ]
     for name, value in components:
         lines.append(f"| {name} | {value:.1f} | {pct(value, total)} |")
@@ -407,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gs_tune.search.runner import launch
 
-    install_hooks()
+    info["ray_alone"] = ray_start_stop()
     runs = Path(tempfile.mkdtemp(prefix="gs-tune-overhead-"))
     try:
         space_file = runs / "search_overhead.yaml"
@@ -416,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = time.process_time()
             info["launch_start"] = now()
             info["run_dir"] = launch(str(space_file), name="overhead", runs_dir=runs,
-                                     object_store_memory=OBJECT_STORE_BYTES)
+                                     object_store_memory=OBJECT_STORE_BYTES, callbacks=[timing_callback()])
             info["launch_end"] = now()
             info["driver_cpu"] = time.process_time() - cpu
         info["load"] = load.samples

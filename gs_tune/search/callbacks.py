@@ -12,17 +12,17 @@ from typing import Any
 from ray import tune
 
 from gs_tune.config import TrainConfig
+from gs_tune.rundir import COMPLETED, DIVERGED, EARLY_STOPPED, ERROR
 
 
 def trial_status(config: dict[str, Any], last: dict[str, Any] | None) -> str:
-    """completed, early_stopped (ASHA stopped it before its last iteration) or diverged."""
+    """The status of a trial Tune saw return: diverged (its last report says so), completed (it
+    reached its last iteration) or early_stopped (ASHA stopped it before)."""
     last = last or {}
     if last.get("kind") == "diverged":
-        return "diverged"
+        return DIVERGED
     planned = int(config.get("iterations", TrainConfig.iterations))
-    if last.get("kind") == "test" or last.get("iteration", 0) >= planned:
-        return "completed"
-    return "early_stopped"
+    return COMPLETED if last.get("iteration", 0) >= planned else EARLY_STOPPED
 
 
 class ResultsCallback(tune.Callback):
@@ -67,7 +67,7 @@ class ResultsCallback(tune.Callback):
         if error_file and Path(error_file).exists():
             lines = [ln for ln in Path(error_file).read_text().splitlines() if ln.strip()]
             message = lines[-1] if lines else None
-        self._end(trial, "error", error=message or "trial failed")
+        self._end(trial, ERROR, error=message or "trial failed")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._writer is not None:

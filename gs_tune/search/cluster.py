@@ -57,3 +57,11 @@ def ray_session(
         )
     finally:
         ray.shutdown()
+
+
+def gpus_per_trial(setting: str | float, has_gpus: bool) -> float:
+    """GPUs each trial (or retraining) holds: a number as given; "auto" = one GPU when the cluster has
+    any now, else none (an autoscaling cluster may have no GPU node yet; trials then run on CPUs)."""
+    if setting == "auto":
+        return 1.0 if has_gpus else 0.0
+    return float(setting)

@@ -14,8 +14,8 @@ Protocol, i.e. what the printed numbers mean:
 * Seeds are EVAL_SEED_BASE, EVAL_SEED_BASE + 1, … (skipping the search's own seeds), so no
   initialisation, task stream or test task set of the search is reused. Methods share seeds, so
   every method is scored on the same test tasks for a given seed (a paired comparison).
-* Per method: the mean over seeds of test_accuracy ± 1.96·sd/√n over the n per-seed accuracies
-  (gs_tune.results.evaluation.aggregate).
+* Per method: the mean over seeds of test_accuracy ± t·sd/√n over the n per-seed accuracies, t the
+  Student-t quantile with n − 1 degrees of freedom (gs_tune.results.evaluation.aggregate).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from typing import Any
 
 import pyarrow as pa
 import ray
-import yaml
 
 from gs_tune.config import ALGORITHMS, TrainConfig, train_config
 from gs_tune.errors import ConfigError, RunDirError
 from gs_tune.results.evaluation import format_summary
 from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
-from gs_tune.search.space import SearchSpace, parse_space
+from gs_tune.rundir import FINISHED, read_space
+from gs_tune.search.space import SearchSpace
 
 # The "untuned defaults" of an algorithm, where TrainConfig's defaults would not be that algorithm:
 # TrainConfig's w_cos = w_l2 = 0 makes ahe exactly fomaml, so "ahe without tuning" gets a small
@@ -43,10 +43,8 @@ from gs_tune.search.space import SearchSpace, parse_space
 UNTUNED_DEFAULTS: dict[str, dict[str, Any]] = {"ahe": {"w_cos": 0.1, "w_l2": 0.01}}
 EVAL_SEED_BASE = 1000
 SMOKE_TASKS, SMOKE_SEEDS = 20, 2  # --smoke caps: enough to exercise every step, not to compare
-FINISHED = ("completed", "early_stopped")
-# Set by this module for every run, whatever the trial recorded.
-RUNTIME_KEYS = ("device", "progress", "out", "tensorboard", "seed", "test_tasks", "meta_train_splits")
 RETRAIN_SPLITS = "train+val"
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,20 +56,17 @@ class Method:
 
 def _load_run(run_dir: Path) -> tuple[SearchSpace, list[dict[str, Any]]]:
     """The run's space and its finished trials that have a validation accuracy."""
-    path = run_dir / "space.yaml"
-    if not path.is_file():
-        raise RunDirError(f"run_dir: {run_dir} has no space.yaml; pass a directory made by `gs-tune launch`")
-    space = parse_space(yaml.safe_load(path.read_text()), run_dir.name)
+    space = read_space(run_dir)
     rows = [r for r in read_trials(run_dir).to_pylist() if r["status"] in FINISHED
             and isinstance(r.get("best_val_accuracy"), float) and math.isfinite(r["best_val_accuracy"])]
     return space, rows
 
 
 def _trial_values(space: SearchSpace, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Fixed values of the space plus the trial's param_ columns (null = not sampled = default)."""
-    params = trial_params(row)
-    values = {**space.fixed, **params}
-    return {k: v for k, v in values.items() if k not in RUNTIME_KEYS}
+    """Fixed values of the space plus the trial's param_ columns (null = not sampled = default); a
+    column that is not a TrainConfig field (an older run's device or progress) is not configuration."""
+    values = {**space.fixed, **trial_params(row)}
+    return {k: v for k, v in values.items() if k in _FIELDS}
 
 
 def _best(rows: Sequence[Mapping[str, Any]], what: str) -> Mapping[str, Any]:
@@ -118,16 +113,32 @@ def _methods(run_dir: Path, baselines: Sequence[str],
         methods.append(Method(name, "baselines-run", next(v for v, r in b_trials if r is row)))
     unique: list[Method] = []
     for m in methods:  # e.g. baseline ahe == "ahe (default)": training it twice would tell nothing new
-        if any(train_config(m.values) == train_config(u.values) for u in unique):
+        if any(_same_training(m.values, u.values) for u in unique):
             print(f"gs-tune: skipping {m.name}: same configuration as an earlier method")
         else:
             unique.append(m)
     return space, unique
 
 
+def _run_values(values: Mapping[str, Any], seed: int, tasks: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration of one retraining: the method's values, the smoke overrides, then what
+    this protocol sets for every run."""
+    out = {**values, **overrides, "seed": seed, "test_tasks": tasks, "meta_train_splits": RETRAIN_SPLITS}
+    # Nothing reads the retraining's validations (and on train+val they score seen classes), so one
+    # at the end instead of every val_every: each costs about val_tasks/meta_batch iterations.
+    out["val_every"] = train_config(out).iterations  # also fails on a bad configuration
+    return out
+
+
+def _same_training(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two methods' retrainings would be the same runs (what the protocol sets is equal)."""
+    return train_config(_run_values(a, 0, 1, {})) == train_config(_run_values(b, 0, 1, {}))
+
+
 @ray.remote(num_cpus=1, max_calls=1)
 def _retrain(values: dict[str, Any]) -> dict[str, Any]:
-    """Train one configuration to the end; the final record (kind test, or diverged).
+    """Train one configuration to the end; its last validation record updated by the test record
+    (test_* fields), or by the diverged record.
 
     max_calls=1 gives every run a fresh worker process: peak_memory_mb is the process's peak
     (ru_maxrss, or CUDA's max allocated), which a reused worker would carry over between runs.
@@ -138,10 +149,9 @@ def _retrain(values: dict[str, Any]) -> dict[str, Any]:
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
-    cfg = train_config(values, device="cuda" if ray.get_gpu_ids() else "cpu", progress=False)
     final: dict[str, Any] = {}
-    for record in train(cfg):
-        final = record
+    for record in train(train_config(values), device="cuda" if ray.get_gpu_ids() else "cpu"):
+        final.update(record)  # the test record carries test_* only; device and timings are the val's
     return final
 
 
@@ -151,7 +161,7 @@ def evaluate_run(
     object_store_memory: int | None = None,
 ) -> pa.Table:
     """Retrain and test every method for every seed; write RUN_DIR/evaluation.parquet and return it."""
-    from gs_tune.search.cluster import ray_session
+    from gs_tune.search.cluster import gpus_per_trial, ray_session
 
     run_dir = Path(run_dir)
     for name, value in (("seeds", seeds), ("tasks", tasks)):
@@ -166,20 +176,14 @@ def evaluate_run(
     search_seeds = {train_config(m.values).seed for m in methods}
     seed_list = [s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds + len(search_seeds))
                  if s not in search_seeds][:seeds]
-    runs = [(i, seed, {**m.values, **overrides, "seed": seed, "test_tasks": tasks,
-                       "meta_train_splits": RETRAIN_SPLITS})
+    runs = [(i, seed, _run_values(m.values, seed, tasks, overrides))
             for i, m in enumerate(methods) for seed in seed_list]
-    for _, _, values in runs:
-        # Nothing reads the retraining's validations (and on train+val they score seen classes), so
-        # one at the end instead of every val_every: each costs about val_tasks/meta_batch iterations.
-        values["val_every"] = train_config(values).iterations  # also fails on a bad configuration
-    gpus = space.gpus_per_trial
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     with ray_session(address, object_store_memory=object_store_memory) as cluster:
         print(f"gs-tune: Ray {cluster.description}", flush=True)
         # The search's resources per trial, so sec_per_iter compares with the search's trials.
-        gpu = (1.0 if cluster.has_gpus else 0.0) if gpus == "auto" else float(gpus)
-        task = _retrain.options(num_cpus=space.cpus_per_trial, num_gpus=gpu)
+        task = _retrain.options(num_cpus=space.cpus_per_trial,
+                                num_gpus=gpus_per_trial(space.gpus_per_trial, cluster.has_gpus))
         print(f"gs-tune: retraining {len(methods)} methods x {len(seed_list)} seeds = {len(runs)} runs, "
               f"{tasks} test tasks each", flush=True)
         pending = {task.remote(values): (i, seed, values) for i, seed, values in runs}

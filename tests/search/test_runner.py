@@ -13,9 +13,11 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from ray import tune
 
 from gs_tune.cli import main
-from gs_tune.search.runner import launch, resume
+from gs_tune.rundir import Objective, read_run
+from gs_tune.search.runner import TUNE_ENV, launch, resume
 
 STORE = 200 * 2**20  # keep Ray's object store small on a shared CI machine
 
@@ -32,12 +34,34 @@ def _study(run_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=meta["study_name"], storage=meta["optuna_storage"])
 
 
-def test_smoke_search_leaves_the_documented_run_directory(tmp_path):
+class Counting(tune.Callback):
+    """An extra Tune callback given to launch(): it sees the search's events in this process."""
+
+    def __init__(self):
+        self.results: list[str] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.results.append(trial.trial_id)
+
+
+def test_smoke_search_leaves_the_documented_run_directory(tmp_path, capsys):
+    env_before = {k: os.environ.get(k) for k in TUNE_ENV}
+    counting = Counting()
     run_dir = launch("cosine_l2", name="smoke", runs_dir=tmp_path, num_samples=4, max_concurrent=2,
-                     smoke=True, object_store_memory=STORE)
+                     smoke=True, object_store_memory=STORE, callbacks=[counting])
     assert run_dir == tmp_path / "smoke"
     for name in ("space.yaml", "run.json", "study.db", "trials.parquet", "metrics.parquet"):
         assert (run_dir / name).is_file(), name
+    # run.json holds the facts the results read: objectives with their column, searched parameters
+    info = read_run(run_dir)
+    assert info.objectives == (Objective("val_accuracy", "best_val_accuracy", "max"),)
+    assert info.params == ("w_cos", "w_l2", "inner_lr", "outer_lr", "ahe_schedule", "ahe_clip")
+    # Tune's status table: the searched parameters and the objective, and the best trial so far
+    out = capsys.readouterr().out
+    header = [line for line in out.splitlines() if line.startswith("| Trial name")][-1]  # once reports came
+    assert all(name in header for name in (*info.params, "iteration", "val_accuracy", "sec_per_iter"))
+    assert "Current best trial: " in out and " with val_accuracy=" in out
+    assert {k: os.environ.get(k) for k in TUNE_ENV} == env_before
     study = _study(run_dir)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
@@ -60,6 +84,8 @@ def test_smoke_search_leaves_the_documented_run_directory(tmp_path):
     # the searched values are what each trial trained with
     for trial in study.trials:
         assert 1e-3 <= trial.params["w_cos"] <= 1.0
+    reports = pq.read_table(run_dir / "metrics.parquet").num_rows
+    assert len(counting.results) == reports and set(counting.results) == {t["trial_id"] for t in trials}
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
