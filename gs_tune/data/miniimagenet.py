@@ -89,15 +89,15 @@ def _csv_source(base: Path, size: int) -> Source:
     csvs = [base / f"{s}.csv" for s in SPLITS]
     split_rows = {s: read_csv(p) for s, p in zip(SPLITS, csvs)}
     _check_disjoint({s: {label for _, label in rows} for s, rows in split_rows.items()}, ".csv")
-    images = [base / "images" / name for rows in split_rows.values() for name, _ in rows]
+    images = ["images/" + name for rows in split_rows.values() for name, _ in rows]
     csv_bytes = hashlib.blake2b(b"".join(p.read_bytes() for p in csvs)).digest()
 
     def decode() -> FewShotDataset:
         splits = {s: _decode_split(base, rows, size) for s, rows in split_rows.items()}
         return FewShotDataset("miniimagenet", splits["train"], splits["val"], splits["test"])
 
-    return Source("miniimagenet", base, "csv", fingerprint(base, images, extra=csv_bytes, missing=MISSING_IMAGE), decode,
-                  params={"size": size}, items=len(images))
+    files_hash = fingerprint(base, images, extra=csv_bytes, missing=MISSING_IMAGE)
+    return Source("miniimagenet", base, "csv", files_hash, decode, params={"size": size}, items=len(images))
 
 
 def _pickle_split(path: Path, size: int) -> ClassSplit:

@@ -89,3 +89,14 @@ def test_to_cuda_through_pinned_memory_matches_cpu() -> None:
     assert on_gpu.x_support.device.type == "cuda"
     torch.testing.assert_close(on_gpu.x_support.cpu(), batch.to("cpu").x_support, rtol=0, atol=0)
     torch.testing.assert_close(on_gpu.x_query.cpu(), batch.to("cpu").x_query, rtol=0, atol=0)
+
+
+def test_tasks_drawn_in_chunks_equal_tasks_drawn_at_once() -> None:
+    """So an evaluation can draw its tasks chunk by chunk (holding one chunk of pixels, not 600
+    tasks' worth) and still score the very same tasks."""
+    sampler = TaskSampler(uint8_split(8, 12, seed=7), 5, 2, 4)
+    whole = sampler.sample(6, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    chunks = [sampler.sample(2, rng) for _ in range(3)]
+    for i, field in enumerate(whole):
+        assert torch.equal(field, torch.cat([c[i] for c in chunks]))
