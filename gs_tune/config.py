@@ -31,6 +31,7 @@ DEVICES = ("auto", "cpu", "cuda")
 BATCHING = ("auto", "vmap", "loop")
 DTYPES = ("float32", "float64")
 META_TRAIN_SPLITS = ("train", "train+val")
+EVAL_BATCH_NORM = ("transductive", "support")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ class TrainConfig(AlgoHParams):
     """maml, fomaml, reptile or ahe (first-order MAML + gradient-similarity correction)."""
     eval_inner_steps: int | None = None
     """Inner steps at validation/test time; None means inner_steps."""
+    eval_batch_norm: str = "transductive"
+    """Batch-norm statistics of the query set at validation/test: transductive (the whole query set
+    in one batch, as MAML's code does; most papers' numbers) or support (the support set's
+    statistics at the adapted parameters, so each query example is scored on its own)."""
     ahe_schedule: str = "constant"
     """λ(t) over meta-iterations: constant, linear_warmup, linear_decay, cosine, step."""
     ahe_warmup: float = 0.2
@@ -168,6 +173,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "batching": BATCHING,
     "dtype": DTYPES,
     "meta_train_splits": META_TRAIN_SPLITS,
+    "eval_batch_norm": EVAL_BATCH_NORM,
 }
 _POSITIVE = {
     "inner_lr", "inner_steps", "outer_lr", "iterations", "meta_batch", "ways", "shots",

@@ -12,10 +12,10 @@ from torch.func import functional_call, vmap
 
 from gs_tune.algorithms import ALGORITHMS, STAT_NAMES
 from gs_tune.algorithms.common import LossFn, Params, autograd_grad, first_order_adapt
-from gs_tune.config import AlgoHParams, algo_hparams
+from gs_tune.config import EVAL_BATCH_NORM, AlgoHParams, algo_hparams
 from gs_tune.data.tasks import TaskBatch
 from gs_tune.errors import ConfigError
-from gs_tune.models import SupportStatistics
+from gs_tune.models import SupportStatistics, input_memory_format
 
 
 def make_loss_fn(model: nn.Module) -> LossFn:
@@ -31,6 +31,23 @@ def make_loss_fn(model: nn.Module) -> LossFn:
         return loss, acc
 
     return loss_fn
+
+
+def in_model_layout(model: nn.Module, tasks: TaskBatch) -> TaskBatch:
+    """The tasks with each image set (N, C, H, W) stored like the model's convolution weights.
+
+    A channels-last model (``build_model(channels_last=True)``) then gets
+    channels-last images whether a task is sliced out (loop) or vmapped over;
+    the layout cannot be changed inside vmap, hence here, once per call.
+    Already laid out (or a contiguous model): no copy.
+    """
+    if input_memory_format(model) is None:
+        return tasks
+
+    def nhwc(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if x.dim() == 5 else x
+
+    return TaskBatch(nhwc(tasks.x_support), tasks.y_support, nhwc(tasks.x_query), tasks.y_query)
 
 
 def resolve_batching(batching: str, device: torch.device) -> str:
@@ -60,6 +77,12 @@ def meta_gradient(
     step = ALGORITHMS[algorithm]
     loss_fn = make_loss_fn(model)
     params = {name: p.detach() for name, p in model.named_parameters()}
+    if batching != "vmap":
+        tasks = in_model_layout(model, tasks)
+    elif input_memory_format(model) is not None:
+        # vmap cannot lay tensors out channels-last, so it gets the standard layout; a clone,
+        # because .contiguous() keeps strides that merely pass as contiguous (one input channel)
+        params = {name: p.clone(memory_format=torch.contiguous_format) for name, p in params.items()}
 
     def per_task(p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor):
         return step(loss_fn, p, xs, ys, xq, yq, hp)
@@ -81,7 +104,6 @@ def meta_gradient(
     return grads, {k: stats[k] for k in STAT_NAMES}
 
 
-EVAL_BATCH_NORM = ("transductive", "support")
 
 
 def adapt_and_evaluate(
@@ -98,6 +120,7 @@ def adapt_and_evaluate(
     """
     if batch_norm not in EVAL_BATCH_NORM:
         raise ConfigError("eval_batch_norm", f"got {batch_norm!r}, allowed: {', '.join(EVAL_BATCH_NORM)}")
+    tasks = in_model_layout(model, tasks)
     loss_fn = make_loss_fn(model)
     reference = SupportStatistics(model)
     params = {name: p.detach() for name, p in model.named_parameters()}

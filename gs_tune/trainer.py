@@ -78,7 +78,7 @@ def evaluate(
     losses, accs = [], []
     for start in range(0, tasks.num_tasks, EVAL_CHUNK):
         chunk = TaskBatch(*(t[start : start + EVAL_CHUNK] for t in tasks)).to(device, dtype)
-        loss, acc = adapt_and_evaluate(model, chunk, cfg.inner_lr, steps)
+        loss, acc = adapt_and_evaluate(model, chunk, cfg.inner_lr, steps, batch_norm=cfg.eval_batch_norm)
         losses.append(loss)
         accs.append(acc)
     acc = mean_interval(torch.cat(accs).double().tolist(), over="tasks")

@@ -335,3 +335,15 @@ def test_resuming_a_finished_run_says_its_last_validation_again(baseline, digits
     again = list(train(cfg, dataset=digits, resume_from=tmp_path))
     assert [r["kind"] for r in again] == ["val", "test"]
     assert [comparable(r) for r in again] == [comparable(r) for r in baseline[1:]]
+
+
+def test_non_transductive_evaluation_scores_each_query_on_its_own(digits):
+    """eval_batch_norm=support: a query example's score does not depend on the rest of the query
+    set, so the accuracy differs from the transductive one (same model, same tasks)."""
+    base = train_config(SMALL, iterations=4, val_every=4, test_tasks=0, model="conv4", filters=8)
+    trans = list(train(base, dataset=digits))[-1]
+    supp = list(train(train_config(base.as_dict(), eval_batch_norm="support"), dataset=digits))[-1]
+    assert trans["train_loss"] == supp["train_loss"]  # training is the same
+    assert trans["val_loss"] != supp["val_loss"]
+    with pytest.raises(ConfigError, match="^eval_batch_norm: got 'query'"):
+        train_config(SMALL, eval_batch_norm="query")
