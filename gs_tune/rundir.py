@@ -89,6 +89,8 @@ class RunInfo:
     objectives: tuple[Objective, ...] = (DEFAULT_OBJECTIVE,)
     params: tuple[str, ...] = ()
     """Names of the searched parameters, in the space's order."""
+    sampler_seed: int | None = None
+    """The seed the Optuna sampler started from (the space's, or one derived from the run name)."""
 
     @property
     def experiment_path(self) -> str:
@@ -102,7 +104,7 @@ class RunInfo:
             "experiment": self.experiment, "created": self.created,
             "objectives": [{"metric": o.metric, "column": o.column, "direction": o.direction}
                            for o in self.objectives],
-            "params": list(self.params),
+            "params": list(self.params), "sampler_seed": self.sampler_seed,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -125,7 +127,7 @@ def new_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
 
 
 def new_run_info(run_dir: Path, space: SearchSpace, *, storage: str | None = None,
-                 storage_optuna: str | None = None) -> RunInfo:
+                 storage_optuna: str | None = None, sampler_seed: int | None = None) -> RunInfo:
     """What run.json says about a run about to start in ``run_dir``."""
     name = run_dir.name
     return RunInfo(
@@ -135,6 +137,7 @@ def new_run_info(run_dir: Path, space: SearchSpace, *, storage: str | None = Non
         ray_storage=f"{storage.rstrip('/')}/{name}" if storage else str(run_dir),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         objectives=objectives_of(space), params=tuple(p.name for p in space.params),
+        sampler_seed=sampler_seed,
     )
 
 
@@ -182,7 +185,7 @@ def _run_info(data: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> RunIn
         name=str(data["name"]), study_name=str(data.get("study_name", data["name"])),
         optuna_storage=str(data["optuna_storage"]), ray_storage=str(data["ray_storage"]),
         experiment=str(data.get("experiment", EXPERIMENT)), created=str(data.get("created", "")),
-        objectives=objectives, params=params,
+        objectives=objectives, params=params, sampler_seed=data.get("sampler_seed"),
     )
 
 

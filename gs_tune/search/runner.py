@@ -27,6 +27,7 @@ from gs_tune.rundir import (
     read_space,
     write_run,
 )
+from gs_tune.search.samplers import make_sampler, optuna_define_by_run, resolve_seed
 from gs_tune.search.space import SearchSpace, load_space
 
 # Seconds between two status tables on the console (Ray's default, 5 s, floods a long search's log).
@@ -50,7 +51,8 @@ def launch(
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, fix=fix,
     )
     run_dir = new_run_dir(runs_dir, name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    info = new_run_info(run_dir, space, storage=storage, storage_optuna=storage_optuna)
+    info = new_run_info(run_dir, space, storage=storage, storage_optuna=storage_optuna,
+                        sampler_seed=resolve_seed(space, run_dir.name))
     write_run(run_dir, info, space)
     return _run(space, run_dir, info, address=address, dashboard=dashboard,
                 object_store_memory=object_store_memory, restore=False, callbacks=callbacks)
@@ -111,8 +113,6 @@ class _DefineByRun:
         self.space = space
 
     def __call__(self, trial):
-        from gs_tune.search.samplers import optuna_define_by_run
-
         return optuna_define_by_run(self.space)(trial)
 
 
@@ -157,12 +157,10 @@ def _searcher(space: SearchSpace, info: RunInfo):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from gs_tune.search.samplers import make_sampler
-
     metric = space.metrics if space.is_multi_objective else space.metrics[0]
     mode = space.modes if space.is_multi_objective else space.modes[0]
     searcher = OptunaSearch(
-        space=_DefineByRun(space), metric=metric, mode=mode, sampler=make_sampler(space),
+        space=_DefineByRun(space), metric=metric, mode=mode, sampler=make_sampler(space, info.sampler_seed),
         study_name=info.study_name, storage=optuna.storages.RDBStorage(info.optuna_storage),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)

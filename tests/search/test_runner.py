@@ -18,6 +18,8 @@ from ray import tune
 from gs_tune.cli import main
 from gs_tune.rundir import Objective, read_run
 from gs_tune.search.runner import TUNE_ENV, launch, resume
+from gs_tune.search.samplers import resolve_seed
+from gs_tune.search.space import load_space
 
 STORE = 200 * 2**20  # keep Ray's object store small on a shared CI machine
 
@@ -56,6 +58,7 @@ def test_smoke_search_leaves_the_documented_run_directory(tmp_path, capsys):
     info = read_run(run_dir)
     assert info.objectives == (Objective("val_accuracy", "best_val_accuracy", "max"),)
     assert info.params == ("w_cos", "w_l2", "inner_lr", "outer_lr", "ahe_schedule", "ahe_clip")
+    assert info.sampler_seed == resolve_seed(load_space("cosine_l2"), "smoke")  # the seed the search used
     # Tune's status table: the searched parameters and the objective, and the best trial so far
     out = capsys.readouterr().out
     header = [line for line in out.splitlines() if line.startswith("| Trial name")][-1]  # once reports came
