@@ -8,7 +8,8 @@ space derived from ``cosine_l2.yaml``, with a 300 MB object store, in a temporar
 Reported:
 
 * wall time of the whole ``launch()`` call (load the space, start Ray, Tune, stop Ray, summary)
-  and of the Tune part alone (``Tuner.fit``);
+  and of the Tune part alone (Tune's run inside ``Tuner.fit``, from its callbacks' setup to the
+  experiment's end);
 * the sum over trials of meta-training time: ``wall_seconds`` of ``trials.parquet``, the
   trainer's own clock inside the trial (meta-iterations + validations);
 * share = sum(meta-training) / (wall x slots), slots = trials at once, for both walls (target
@@ -299,7 +300,7 @@ def report(args: argparse.Namespace, info: dict[str, Any]) -> str:
         "| Measure | Value |",
         "|---|---|",
         f"| Wall, whole `launch()` (space, Ray start, Tune, Ray stop, summary) | {fmt_s(launch_wall)} |",
-        f"| Wall, Tune only (`Tuner.fit`) | {fmt_s(tune_wall)} |",
+        f"| Wall, Tune only (its run inside `Tuner.fit`) | {fmt_s(tune_wall)} |",
         f"| Sum of trial meta-training (`wall_seconds`, trainer clock) | {fmt_s(meta)} |",
         f"| Mean meta-training per trial | {fmt_s(meta / max(1, len(rows)))} |",
         f"| Slots (`max_concurrent`) | {slots} |",
@@ -335,7 +336,7 @@ def report(args: argparse.Namespace, info: dict[str, Any]) -> str:
          in_trial),
         ("Between trials: slot free while trials still waited to start", handoff),
         ("Tail: fewer trials left than slots", tail),
-        ("Tune start: fit() to first trial start (incl. starting the trial processes)", startup),
+        ("Tune start: its run's start to first trial start (incl. starting the trial processes)", startup),
         ("Tune end: last trial end to the end of Tune's run", teardown),
         ("Ray start (ray.init; timed alone before the search)", ray_start),
         ("Space, run directory, searcher and Optuna study, Tuner build", build),
