@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from gs_tune.data.prepare import register as register_data_commands
 from gs_tune.errors import ConfigError, GsTuneError
 
 
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tensorboard", help="start TensorBoard on a run directory, bound to 127.0.0.1")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_tensorboard)
+    register_data_commands(sub)
     return parser
 
 
