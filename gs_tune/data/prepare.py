@@ -29,7 +29,8 @@ def find_source(name: str, root: str | None, allow_pickle: bool = False) -> Sour
     if name not in SOURCES:
         raise DataError(f"dataset: got {name!r}, allowed: digits, {', '.join(SOURCES)}")
     if not root:
-        raise DataError(f"data_root: dataset {name!r} needs --data-root pointing at its files")
+        raise DataError(f"data_root: dataset {name!r} needs the directory of its files "
+                        "(--data-root DIR; in a search, --fix data_root=DIR)")
     if not Path(root).is_dir():
         raise DataError(f"data_root: {root} is not a directory (dataset {name!r})")
     module, func = SOURCES[name].split(":")

@@ -85,6 +85,6 @@ def test_prepare_bad_root_and_digits(tmp_path: Path, capsys) -> None:
     code, _, err = prepare_cli(capsys, "--dataset", "mnist", "--data-root", str(tmp_path / "nowhere"))
     assert code == 2 and "is not a directory" in err
     code, _, err = prepare_cli(capsys, "--dataset", "mnist")
-    assert code == 2 and "needs --data-root" in err
+    assert code == 2 and "needs the directory of its files (--data-root DIR" in err
     code, out, _ = prepare_cli(capsys, "--dataset", "digits")
     assert code == 0 and [counts(out)[s][0] for s in ("train", "val", "test")] == [24, 20, 20]
