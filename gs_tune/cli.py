@@ -104,6 +104,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, smoke=args.smoke, address=args.address,
         storage=args.storage, storage_optuna=args.storage_optuna, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, dashboard=args.dashboard, fix=_fixes(args.fix),
+        trial_device=args.trial_device,
     )
     return 0
 
@@ -150,7 +151,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     baselines = [b for b in args.baselines.split(",") if b] if args.baselines else []
     evaluate_run(
         _run_dir(args.run_dir), baselines=baselines, seeds=args.seeds, tasks=args.tasks,
-        baselines_runs=args.baselines_run, smoke=args.smoke, address=args.address,
+        baselines_runs=args.baselines_run, reference=None if args.reference == "none" else args.reference,
+        smoke=args.smoke, address=args.address,
     )
     return 0
 
@@ -198,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (0.25)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local cluster")
+    p.add_argument("--trial-device", default="auto",
+                   help="where trials compute: auto (the GPU share Ray assigns, else CPU), cpu or cuda; cpu "
+                        "tries GPU placement on nodes that only declare GPUs")
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
                    help="pin a field of the space, searched or fixed (repeatable): --fix algorithm=maml")
     p.set_defaults(func=cmd_launch)
@@ -222,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines-run", action="append", default=[],
                    help="run directory of a baselines search to take their configs from (repeat it to "
                         "pool one run per algorithm: the best trial per algorithm wins)")
-    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per method (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="fresh seeds per method (default 5)")
+    p.add_argument("--reference", default="fomaml", help="method the others are compared with, paired by seed "
+                                                         "(default fomaml, its tuned config with --baselines-run; none)")
     p.add_argument("--tasks", type=int, default=600, help="test tasks per seed (default 600)")
     p.add_argument("--smoke", action="store_true", help="tiny budget, for checking the pipeline")
     p.add_argument("--address", help="join a running Ray cluster")

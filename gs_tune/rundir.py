@@ -91,6 +91,8 @@ class RunInfo:
     """Names of the searched parameters, in the space's order."""
     sampler_seed: int | None = None
     """The seed the Optuna sampler started from (the space's, or one derived from the run name)."""
+    trial_device: str = "auto"
+    """Where trials compute: auto (the GPU share Ray assigned, else the CPU), cpu or cuda."""
 
     @property
     def experiment_path(self) -> str:
@@ -105,6 +107,7 @@ class RunInfo:
             "objectives": [{"metric": o.metric, "column": o.column, "direction": o.direction}
                            for o in self.objectives],
             "params": list(self.params), "sampler_seed": self.sampler_seed,
+            "trial_device": self.trial_device,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -127,7 +130,8 @@ def new_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
 
 
 def new_run_info(run_dir: Path, space: SearchSpace, *, storage: str | None = None,
-                 storage_optuna: str | None = None, sampler_seed: int | None = None) -> RunInfo:
+                 storage_optuna: str | None = None, sampler_seed: int | None = None,
+                 trial_device: str = "auto") -> RunInfo:
     """What run.json says about a run about to start in ``run_dir``."""
     name = run_dir.name
     return RunInfo(
@@ -137,7 +141,7 @@ def new_run_info(run_dir: Path, space: SearchSpace, *, storage: str | None = Non
         ray_storage=f"{storage.rstrip('/')}/{name}" if storage else str(run_dir),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         objectives=objectives_of(space), params=tuple(p.name for p in space.params),
-        sampler_seed=sampler_seed,
+        sampler_seed=sampler_seed, trial_device=trial_device,
     )
 
 
@@ -186,6 +190,7 @@ def _run_info(data: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> RunIn
         optuna_storage=str(data["optuna_storage"]), ray_storage=str(data["ray_storage"]),
         experiment=str(data.get("experiment", EXPERIMENT)), created=str(data.get("created", "")),
         objectives=objectives, params=params, sampler_seed=data.get("sampler_seed"),
+        trial_device=str(data.get("trial_device", "auto")),
     )
 
 

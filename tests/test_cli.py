@@ -73,3 +73,20 @@ def test_fix_values_are_yaml():
 def test_result_commands_on_missing_run_dir_exit_2(tmp_path, command, capsys):
     assert main([command, str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fix, message", [
+    ("test_tasks=200", "gs-tune launch: error: fixed.test_tasks: got 200, allowed: 0"),
+    ("ways=30", "gs-tune launch: error: ways: 30-way tasks need 30 classes but the train split has 24"),
+    ("data_root=/nonexistent", "gs-tune launch: error: data_root: /nonexistent is not a directory"),
+])
+def test_launch_refuses_what_it_can_know_before_the_search_and_writes_nothing(fix, message, tmp_path, capsys):
+    assert main(["launch", "--space", "cosine_l2", "--fix", fix, "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_launch_refuses_an_unknown_trial_device(tmp_path, capsys):
+    assert main(["launch", "--space", "cosine_l2", "--trial-device", "tpu", "--runs-dir", str(tmp_path)]) == 2
+    assert "trial_device: got 'tpu', allowed: auto, cpu, cuda" in capsys.readouterr().err

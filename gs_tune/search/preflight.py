@@ -108,6 +108,14 @@ def check_address(address: str | None, timeout: float = ADDRESS_TIMEOUT_S) -> No
                                      f"({exc.strerror or exc}); check the address and that the head runs") from None
 
 
+TRIAL_DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> None:
+    if device not in TRIAL_DEVICES:
+        raise ConfigError("trial_device", f"got {device!r}, allowed: {', '.join(TRIAL_DEVICES)}")
+
+
 def preflight(space: SearchSpace, runs_dir: str | os.PathLike[str], address: str | None) -> SearchSpace:
     """Run every check; the space to launch (test_tasks 0). Raises one GsTuneError naming the field."""
     space = without_test_split(space)

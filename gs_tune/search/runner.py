@@ -39,20 +39,27 @@ def launch(
     max_concurrent: int | None = None, smoke: bool = False, address: str | None = None,
     storage: str | None = None, storage_optuna: str | None = None, gpus_per_trial: float | None = None,
     cpus_per_trial: float | None = None, dashboard: bool = False, object_store_memory: int | None = None,
-    fix: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
+    fix: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (), trial_device: str = "auto",
 ) -> Path:
     """Validate everything, create the run directory, run the search; returns the run directory.
 
-    ``callbacks`` are extra Ray Tune callbacks (``ray.tune.Callback``) for this search, e.g. to time
-    its events; they run in this process beside the one that writes the results.
+    Every check that can be made before the search (gs_tune/search/preflight.py) is made before
+    anything is written. ``callbacks`` are extra Ray Tune callbacks (``ray.tune.Callback``) for this
+    search, e.g. to time its events; they run in this process beside the one that writes the
+    results. ``trial_device`` cpu makes trials compute on the CPU even when they hold a GPU share
+    (placement can then be tried on nodes that only declare GPUs).
     """
+    from gs_tune.search.preflight import check_device, preflight
+
     space = load_space(space_ref).with_overrides(
         num_samples=num_samples, max_concurrent=max_concurrent, smoke=smoke,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, fix=fix,
     )
+    check_device(trial_device)
+    space = preflight(space, runs_dir, address)
     run_dir = new_run_dir(runs_dir, name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     info = new_run_info(run_dir, space, storage=storage, storage_optuna=storage_optuna,
-                        sampler_seed=resolve_seed(space, run_dir.name))
+                        sampler_seed=resolve_seed(space, run_dir.name), trial_device=trial_device)
     write_run(run_dir, info, space)
     return _run(space, run_dir, info, address=address, dashboard=dashboard,
                 object_store_memory=object_store_memory, restore=False, callbacks=callbacks)
@@ -78,7 +85,9 @@ def _run(
         print(f"gs-tune: Ray {cluster.description}", flush=True)
         tuner = _build_tuner(space, run_dir, info, cluster.has_gpus, restore, callbacks)
         with _tune_env():
-            tuner.fit()
+            results = tuner.fit()
+        if restore:
+            _record_lost_trials(run_dir, info, {r.metrics.get("trial_id") for r in results if r.metrics})
     interrupted = _summarise(space, run_dir, info)
     if interrupted:
         print(f"gs-tune: search interrupted; continue it with: gs-tune resume {run_dir}", file=sys.stderr)
@@ -129,7 +138,8 @@ def _build_tuner(space: SearchSpace, run_dir: Path, info: RunInfo, has_gpus: boo
     if space.gpus_per_trial == "auto" and not has_gpus:
         print("gs-tune: no GPUs in the cluster now, so trials run on CPUs "
               "(pass --gpus-per-trial to wait for GPU nodes)", flush=True)
-    trainable = tune.with_resources(run_trial, {"cpu": space.cpus_per_trial, "gpu": gpus})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, device=info.trial_device),
+                                    {"cpu": space.cpus_per_trial, "gpu": gpus})
     print(f"gs-tune: {space.num_samples} trials, {space.max_concurrent} at once, "
           f"{space.cpus_per_trial:g} CPU + {gpus:g} GPU each", flush=True)
     if restore:
@@ -155,11 +165,12 @@ def _build_tuner(space: SearchSpace, run_dir: Path, info: RunInfo, has_gpus: boo
 def _searcher(space: SearchSpace, info: RunInfo):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from gs_tune.search.searcher import ResumableOptunaSearch
 
     metric = space.metrics if space.is_multi_objective else space.metrics[0]
     mode = space.modes if space.is_multi_objective else space.modes[0]
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=_DefineByRun(space), metric=metric, mode=mode, sampler=make_sampler(space, info.sampler_seed),
         study_name=info.study_name, storage=optuna.storages.RDBStorage(info.optuna_storage),
     )
@@ -190,6 +201,31 @@ def _progress_reporter(space: SearchSpace):
         metric=space.metrics[0], mode=space.modes[0], sort_by_metric=True,
         max_report_frequency=REPORT_EVERY_S,
     )
+
+
+def _record_lost_trials(run_dir: Path, info: RunInfo, known: set[str]) -> None:
+    """After a resumed search: a trial the study holds but Tune's snapshot never had (the driver was
+    killed between the two) cannot be continued. The study has already failed it (searcher.py);
+    the tables say the same, trial for trial, with why."""
+    import optuna
+
+    from gs_tune.results.tables import ResultsWriter, read_trials
+    from gs_tune.search.searcher import TUNE_ID_ATTR
+
+    study = optuna.load_study(study_name=info.study_name, storage=info.optuna_storage)
+    in_table = {r["trial_id"]: r["status"] for r in read_trials(run_dir).to_pylist()} \
+        if (run_dir / TRIALS_FILE).exists() else {}
+    lost = {}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        tid = trial.user_attrs.get(TUNE_ID_ATTR)
+        if tid and tid not in known and in_table.get(tid, RUNNING) == RUNNING:
+            lost[tid] = trial.params
+    if not lost:
+        return
+    with ResultsWriter(run_dir) as writer:
+        for tid, params in lost.items():
+            writer.on_trial_end(tid, "error", params=params,
+                                error="lost: the driver was killed before Ray Tune recorded this trial")
 
 
 def _trial_dirname(trial) -> str:

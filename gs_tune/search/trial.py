@@ -1,9 +1,8 @@
 """The Ray Tune trainable: one trial = one Ray actor running the trainer.
 
 Ray's reporting API has changed often; every call into it for a running trial
-is in this file. So is the one place where records are reshaped for a scheduler:
-ASHA stops a trial at its first report with iteration >= max_t, so whatever the
-trainer yields after its last validation must travel in that same report.
+is in this file, and so is the one place where records are reshaped for the
+searcher.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ import torch
 from ray import tune
 
 from gs_tune.config import train_config
-from gs_tune.records import Record
 from gs_tune.errors import CheckpointError
+from gs_tune.records import Record
 from gs_tune.trainer import CHECKPOINT_NAME, load_checkpoint, train
 
 
@@ -36,26 +35,14 @@ def _reportable(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def for_scheduler(records: Iterable[Record], iterations: int, test_follows: bool) -> Iterator[Record]:
-    """The trainer's records as Tune should see them.
-
-    * The last validation is held back when a test record follows, and sent merged with it as one
-      ``val`` report (ASHA would stop the trial at the validation and drop the test).
-    * A diverged record gets val_accuracy 0, which ranks it below any real trial for the searcher.
-    """
-    held: Record | None = None
+def for_searcher(records: Iterable[Record]) -> Iterator[Record]:
+    """The trainer's records as Tune should see them: a diverged record gets val_accuracy 0, which
+    ranks it below any real trial for the searcher. (A search trial yields no test record: launch
+    refuses a space that asks for one, so ASHA's stop at max_t never cuts a report off.)"""
     for record in records:
-        if record["kind"] == "val" and record["iteration"] >= iterations and test_follows:
-            held = record
-            continue
-        if record["kind"] == "test" and held is not None:
-            record = {**held, **{k: v for k, v in record.items() if k not in ("kind", "iteration")}}
-            held = None
-        elif record["kind"] == "diverged":
+        if record["kind"] == "diverged":
             record = {**record, "val_accuracy": 0.0}
         yield record
-    if held is not None:  # the consumer of a test that never came still gets the validation
-        yield held
 
 
 def _newest_checkpoint(into: Path) -> Path | None:
@@ -89,28 +76,30 @@ def _newest_checkpoint(into: Path) -> Path | None:
     return None
 
 
-def run_trial(config: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], device: str = "auto") -> None:
     """Meta-train one sampled configuration, reporting every validation to Ray Tune.
 
-    The device is the one Ray assigned: CUDA when the trial holds a GPU share,
-    else the CPU with as many threads as CPUs the trial reserved.
+    With ``device`` auto the device is the one Ray assigned: CUDA when the trial holds a GPU share,
+    else the CPU with as many threads as CPUs the trial reserved. cpu or cuda override it (cpu lets
+    a trial holding a share of a GPU that a node only declares compute anyway).
     """
     gpu_ids = ray.get_gpu_ids()
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
     cfg = train_config(config)
-    device = "cuda" if gpu_ids else "cpu"
-    node = ray.util.get_node_ip_address()
-    # the IP names a host; several Ray nodes may share one, so the node id says which ran a report
-    node_id = ray.get_runtime_context().get_node_id()
-
+    device = ("cuda" if gpu_ids else "cpu") if device == "auto" else device
+    facts = {
+        "node": ray.util.get_node_ip_address(),
+        # the IP names a host; several Ray nodes may share one, so the node id says which ran a report
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": ",".join(str(g) for g in gpu_ids), "seed": cfg.seed,
+    }
     with tempfile.TemporaryDirectory(prefix="gs-tune-trial-") as work:
         work_dir = Path(work)
         resume_from = _newest_checkpoint(work_dir / "restored")
         ckpt_dir = work_dir / "checkpoint"
         records = train(cfg, device=device, resume_from=resume_from, checkpoint_dir=ckpt_dir)
-        for record in for_scheduler(records, cfg.iterations, test_follows=cfg.test_tasks > 0):
+        for record in for_searcher(records):
             saved = record.pop("checkpoint", None)
-            metrics = _reportable({"device": device, **record, "node": node, "node_id": node_id,
-                                   "seed": cfg.seed})
+            metrics = _reportable({"device": device, **record, **facts})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if saved else None)
