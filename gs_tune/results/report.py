@@ -8,6 +8,7 @@ global figure state is involved (the report may be written from a headless node)
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -32,11 +33,20 @@ from gs_tune.results.analysis import (
     searched_params,
     varying_params,
 )
-from gs_tune.results.evaluation import CI_NOTE, MethodResult, markdown_table, method_results
+from gs_tune.results.evaluation import (
+    MethodResult,
+    PairResult,
+    markdown_section,
+    method_results,
+    over_label,
+    read_pairs,
+    short_label,
+)
 from gs_tune.results.schema import PARAM_PREFIX
 from gs_tune.results.summary import fmt, status_counts
 from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
 from gs_tune.rundir import EVALUATION_FILE, METRICS_FILE, REPORT_DIR
+from gs_tune.stats import Interval
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -233,19 +243,45 @@ def draw_pareto(data: ParetoData, path: Path) -> Path:
 
 
 def draw_evaluation(results: Sequence[MethodResult], path: Path) -> Path:
-    """Bars of mean test accuracy with their 95% CI, one per method (diverged ones left out)."""
-    shown = [r for r in results if r.accuracy is not None][::-1]  # first method on top
-    fig = _figure(6.4, max(2.0, 0.45 * len(shown) + 1.2))
+    """Bars of mean test accuracy with their 95% t-interval, one per method (diverged ones left out);
+    each label says what its interval is over."""
+    shown = [(r, r.interval) for r in results if r.interval is not None][::-1]  # first method on top
+    fig = _figure(8.0, max(2.4, 0.55 * len(shown) + 1.4))
     ax = fig.add_subplot()
     if shown:
-        ax.barh([r.method for r in shown], [r.accuracy * 100 for r in shown],
-                xerr=[(r.ci95 or 0.0) * 100 for r in shown], color="C0", capsize=4)
+        ax.barh([f"{short_label(r.method, r.source)} [{_over(iv)}]" for r, iv in shown],
+                [iv.mean * 100 for _, iv in shown], xerr=[iv.half_width * 100 for _, iv in shown],
+                color="C0", capsize=4)
         ax.set_xlim(0, 100)
     else:
         _no_data(ax)
-    ax.set(xlabel="test accuracy (%), mean ± 95% CI over seeds", title="Test split (gs-tune evaluate)")
+    ax.set(xlabel="test accuracy (%)\nmean ± 95% t-interval over the [seeds], or one seed's [test tasks]",
+           title="Test split (gs-tune evaluate)")
     fig.savefig(path)
     return path
+
+
+def draw_pairs(pairs: Sequence[PairResult], path: Path, sources: Mapping[str, str] | None = None) -> Path:
+    """Bars of each method's mean paired difference from the reference with its 95% t-interval over the
+    shared seeds (methods without a pair left out); ``sources``: each method's config_source."""
+    shown = [(p, p.interval) for p in pairs if p.interval is not None][::-1]
+    fig = _figure(8.0, max(2.4, 0.55 * len(shown) + 1.4))
+    ax = fig.add_subplot()
+    if shown:
+        ax.barh([f"{short_label(p.method, (sources or {}).get(p.method, ''))} [{_over(iv)}]" for p, iv in shown], [iv.mean * 100 for _, iv in shown],
+                xerr=[iv.half_width * 100 for _, iv in shown], color="C2", capsize=4)
+        ax.axvline(0.0, color="grey", lw=1)
+    else:
+        _no_data(ax)
+    reference = pairs[0].reference if pairs else "reference"
+    ax.set(xlabel=f"test accuracy − {reference} (percentage points)\nmean ± 95% t-interval over the shared [seeds]",
+           title=f"Paired differences from {reference}\n(same seeds, same test tasks)")
+    fig.savefig(path)
+    return path
+
+
+def _over(interval: Interval) -> str:
+    return over_label(interval) + (", no interval" if math.isnan(interval.half_width) else "")
 
 
 # --- report -------------------------------------------------------------------
@@ -262,10 +298,23 @@ def _best_trial(ranked: Rows, objective: Objective) -> list[str]:
     ci = b.get("final_val_ci95")
     md = [f"`{b['trial_id']}` ({b['status']}): {objective.column} = {fmt(b.get(objective.column))}; "
           f"final val accuracy {fmt(b.get('final_val_accuracy'))}"
-          + (f" ± {ci:.3f}" if is_finite(ci) else "")
-          + (f"; test accuracy {fmt(b.get('test_accuracy'))}" if b.get("test_accuracy") is not None else ""),
+          + (f" ± {ci:.3f}" if is_finite(ci) else ""),
           "", "| parameter | value |", "|---|---|"]
     return md + [f"| {k[len(PARAM_PREFIX):]} | {fmt(v)} |" for k, v in b.items() if k.startswith(PARAM_PREFIX)]
+
+
+def _evaluation_section(run_dir: Path, out: Path) -> list[str]:
+    """The test split, from evaluation.parquet and evaluation_pairs.parquet (`gs-tune evaluate`): the
+    only place the report shows test accuracy, since a search never evaluates the test split."""
+    evaluation = read_evaluation(run_dir).to_pylist()
+    pairs = read_pairs(run_dir)
+    results = method_results(evaluation)
+    md = ["## Test split (`gs-tune evaluate`)", "", *markdown_section(evaluation, pairs), "",
+          f"![evaluation]({draw_evaluation(results, out / 'evaluation.png').name})"]
+    if any(p.interval is not None for p in pairs):
+        plot = draw_pairs(pairs, out / "pairs.png", {r.method: r.source for r in results})
+        md += ["", f"![pairs]({plot.name})"]
+    return md
 
 
 def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
@@ -310,10 +359,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
         md += [f"- `{t}`: {pareto.y_label} = {fmt(y)}, {pareto.x_label} = {fmt(x)}"
                for t, x, y, keep in zip(pareto.trial_ids, pareto.x, pareto.y, pareto.on_front) if keep]
     if (run_dir / EVALUATION_FILE).exists():
-        evaluation = read_evaluation(run_dir).to_pylist()
-        plot = draw_evaluation(method_results(evaluation), out / "evaluation.png")
-        md += ["", "## Test split (`gs-tune evaluate`)", "", *markdown_table(evaluation), "", CI_NOTE + ".",
-               "", f"![evaluation]({plot.name})"]
+        md += ["", *_evaluation_section(run_dir, out)]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
     return path

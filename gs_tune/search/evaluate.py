@@ -1,7 +1,7 @@
-"""`gs-tune evaluate`: retrain the best configuration of a search, its untuned defaults and the
-baselines from fresh seeds, in parallel on Ray, and score each on the test split.
+"""`gs-tune evaluate`: retrain the best configuration of a search, its untuned defaults, the
+ablation and the baselines from fresh seeds, in parallel on Ray, and score each on the test split.
 
-Protocol, i.e. what the printed numbers mean:
+Protocol (docs/protocol.md says it in full):
 
 * The best trial is the finished (completed or early_stopped) trial with the highest
   best_val_accuracy, also for multi-objective spaces: the comparison here is in accuracy.
@@ -10,12 +10,14 @@ Protocol, i.e. what the printed numbers mean:
   retraining's val records then score seen classes and are ignored (nothing is selected or stopped
   on them); the test split was never seen by the search or the retraining.
 * Baselines take the best trial per algorithm over every ``--baselines-run`` given (one
-  baselines.yaml run, or one run per algorithm for an equal trial budget each).
+  baselines.yaml run, or one run per algorithm for an equal trial budget each); without one,
+  TrainConfig's defaults with the space's fixed fields (Reptile with REPTILE_DEFAULT_STEPS).
 * Seeds are EVAL_SEED_BASE, EVAL_SEED_BASE + 1, … (skipping the search's own seeds), so no
-  initialisation, task stream or test task set of the search is reused. Methods share seeds, so
-  every method is scored on the same test tasks for a given seed (a paired comparison).
-* Per method: the mean over seeds of test_accuracy ± t·sd/√n over the n per-seed accuracies, t the
-  Student-t quantile with n − 1 degrees of freedom (gs_tune.results.evaluation.aggregate).
+  initialisation, task stream or test task set of the search is reused. Methods share seeds, and a
+  seed's test tasks come from its own stream of the trainer (results.evaluation.TEST_TASK_FIELDS),
+  so every method is scored on the same test tasks for a given seed: a paired comparison.
+* Per method: the mean over seeds ± its 95% Student-t interval; paired differences from the
+  reference method over the seeds both finished (gs_tune/results/evaluation.py).
 """
 
 from __future__ import annotations
@@ -30,18 +32,18 @@ import pyarrow as pa
 import ray
 
 from gs_tune.config import ALGORITHMS, TrainConfig, train_config
-from gs_tune.errors import ConfigError, RunDirError
-from gs_tune.results.evaluation import format_summary
+from gs_tune.errors import ConfigError, GsTuneError, RunDirError
+from gs_tune.results.evaluation import DEFAULT_REFERENCE, format_summary, paired_results, write_pairs
 from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
 from gs_tune.rundir import FINISHED, read_space
 from gs_tune.search.space import SearchSpace
 
-# The "untuned defaults" of an algorithm, where TrainConfig's defaults would not be that algorithm:
-# TrainConfig's w_cos = w_l2 = 0 makes ahe exactly fomaml, so "ahe without tuning" gets a small
-# cosine weight and an L2 weight about inner_lr / 40. Any other field keeps TrainConfig's default.
-UNTUNED_DEFAULTS: dict[str, dict[str, Any]] = {"ahe": {"w_cos": 0.1, "w_l2": 0.01}}
+# Reptile's inner steps when none of at least 2 is given (TrainConfig's 1 would be joint training on
+# support ∪ query, which train_config refuses); Nichol et al. use 5-10.
+REPTILE_DEFAULT_STEPS = 5
 EVAL_SEED_BASE = 1000
+DEFAULT_SEEDS = 5
 SMOKE_TASKS, SMOKE_SEEDS = 20, 2  # --smoke caps: enough to exercise every step, not to compare
 RETRAIN_SPLITS = "train+val"
 _FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
@@ -50,7 +52,7 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str  # "ahe (tuned)", "ahe (default)", "fomaml", ...
-    source: str  # config_source column: tuned, default, baselines-run
+    source: str  # config_source column: tuned, tuned-ablation, default, baselines-run
     values: dict[str, Any]  # TrainConfig fields before the per-run overrides
 
 
@@ -76,32 +78,37 @@ def _best(rows: Sequence[Mapping[str, Any]], what: str) -> Mapping[str, Any]:
 
 
 def _untuned(space: SearchSpace, algorithm: str) -> dict[str, Any]:
-    # Fixed values win over the untuned defaults: they were chosen, not searched.
-    return {**UNTUNED_DEFAULTS.get(algorithm, {}), **space.fixed, "algorithm": algorithm}
+    """What ``gs-tune train --algorithm ALGORITHM`` runs without a search, on the space's problem and
+    budget: the space's fixed fields (chosen, not searched) and TrainConfig's defaults for the rest."""
+    values = {**space.fixed, "algorithm": algorithm}
+    if algorithm == "reptile" and int(values.get("inner_steps", TrainConfig.inner_steps)) < 2:
+        values["inner_steps"] = REPTILE_DEFAULT_STEPS
+    return values
 
 
-def _methods(run_dir: Path, baselines: Sequence[str],
-             baselines_runs: Sequence[str]) -> tuple[SearchSpace, list[Method]]:
-    space, rows = _load_run(run_dir)
-    best = _best(rows, f"run_dir: {run_dir}")
-    tuned = _trial_values(space, best)
-    algo = str(tuned.get("algorithm", TrainConfig.algorithm))
-    print(f"gs-tune: best trial {best['trial_id']} ({best['status']}), val accuracy "
-          f"{best['best_val_accuracy'] * 100:.2f}%")
-    methods = [Method(f"{algo} (tuned)", "tuned", tuned), Method(f"{algo} (default)", "default",
-                                                               _untuned(space, algo))]
-    if algo == "ahe" and train_config(tuned).algo_hparams().has_correction:
-        # The ablation that says what the correction adds: the tuned run with its weights at 0 is
-        # exactly first-order MAML at the tuned step sizes (tests/algorithms/test_identities.py).
-        methods.insert(1, Method(f"{algo} (tuned, w=0)", "tuned-ablation",
-                                 {**tuned, "w_cos": 0.0, "w_l2": 0.0, "w_dot": 0.0}))
-    b_trials: list[tuple[dict[str, Any], Mapping[str, Any]]] = []  # (values, row) of every run given
+def _baseline_trials(baselines_runs: Sequence[str]) -> list[tuple[dict[str, Any], Mapping[str, Any]]]:
+    """(values, row) of every finished trial of the runs given whose configuration is still valid: an
+    older run's Reptile with one inner step is refused by train_config and is not Reptile."""
+    out = []
     for b_run in baselines_runs:
         b_dir = Path(b_run)
         if not b_dir.is_dir():
             raise RunDirError(f"baselines_run: {b_run} is not a directory")
         b_space, b_rows = _load_run(b_dir)
-        b_trials += [(_trial_values(b_space, r), r) for r in b_rows]
+        for row in b_rows:
+            values = _trial_values(b_space, row)
+            try:
+                train_config(values)
+            except GsTuneError as exc:
+                print(f"gs-tune: skipping trial {row['trial_id']} of {b_run}: {exc}")
+                continue
+            out.append((values, row))
+    return out
+
+
+def _baseline_methods(space: SearchSpace, baselines: Sequence[str], baselines_runs: Sequence[str]) -> list[Method]:
+    b_trials = _baseline_trials(baselines_runs)
+    methods = []
     for name in baselines:
         if name not in ALGORITHMS:
             raise ConfigError("baselines", f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
@@ -111,13 +118,45 @@ def _methods(run_dir: Path, baselines: Sequence[str],
         candidates = [r for v, r in b_trials if v.get("algorithm") == name]
         row = _best(candidates, f"baselines_run: {', '.join(baselines_runs)} ({name})")
         methods.append(Method(name, "baselines-run", next(v for v, r in b_trials if r is row)))
+    return methods
+
+
+def _methods(run_dir: Path, baselines: Sequence[str], baselines_runs: Sequence[str],
+             reference: str | None = None) -> tuple[SearchSpace, list[Method], str | None]:
+    """The run's space, the methods to retrain and the name of the reference among them (None: no
+    paired differences). A reference that is an algorithm joins the baselines if it is not one."""
+    space, rows = _load_run(run_dir)
+    best = _best(rows, f"run_dir: {run_dir}")
+    tuned = _trial_values(space, best)
+    algo = str(tuned.get("algorithm", TrainConfig.algorithm))
+    print(f"gs-tune: best trial {best['trial_id']} ({best['status']}), val accuracy "
+          f"{best['best_val_accuracy'] * 100:.2f}%")
+    methods = [Method(f"{algo} (tuned)", "tuned", tuned)]
+    if algo == "ahe" and train_config(tuned).algo_hparams().has_correction:
+        # The ablation that says what the correction adds at fixed step sizes: the tuned run with its
+        # weights at 0 is exactly first-order MAML at the tuned step sizes, outer lr included
+        # (tests/algorithms/test_identities.py); a tuned first-order MAML is the fomaml baseline.
+        methods.append(Method(f"{algo} (tuned, w=0)", "tuned-ablation",
+                              {**tuned, "w_cos": 0.0, "w_l2": 0.0, "w_dot": 0.0}))
+    methods.append(Method(f"{algo} (default)", "default", _untuned(space, algo)))
+    if reference in ALGORITHMS and reference not in baselines:
+        print(f"gs-tune: adding {reference} to the baselines: it is the reference of the paired differences")
+        baselines = [*baselines, reference]
+    methods += _baseline_methods(space, baselines, baselines_runs)
     unique: list[Method] = []
     for m in methods:  # e.g. baseline ahe == "ahe (default)": training it twice would tell nothing new
-        if any(_same_training(m.values, u.values) for u in unique):
-            print(f"gs-tune: skipping {m.name}: same configuration as an earlier method")
-        else:
+        same = next((u for u in unique if _same_training(m.values, u.values)), None)
+        if same is None:
             unique.append(m)
-    return space, unique
+            continue
+        print(f"gs-tune: skipping {m.name}: same configuration as {same.name}")
+        if reference == m.name:
+            reference = same.name
+    names = [m.name for m in unique]
+    if reference is not None and reference not in names:
+        raise ConfigError("reference", f"{reference!r} is not a method of this evaluation; allowed: "
+                                       f"{', '.join(names)}, none")
+    return space, unique, reference
 
 
 def _run_values(values: Mapping[str, Any], seed: int, tasks: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -155,37 +194,24 @@ def _retrain(values: dict[str, Any]) -> dict[str, Any]:
     return final
 
 
-def evaluate_run(
-    run_dir: str | Path, *, baselines: Sequence[str] = ("maml", "fomaml", "reptile"), seeds: int = 3,
-    tasks: int = 600, baselines_runs: Sequence[str] = (), smoke: bool = False, address: str | None = None,
-    object_store_memory: int | None = None,
-) -> pa.Table:
-    """Retrain and test every method for every seed; write RUN_DIR/evaluation.parquet and return it."""
+def _seed_list(methods: Sequence[Method], seeds: int) -> list[int]:
+    """``seeds`` evaluation seeds from EVAL_SEED_BASE on, none of them a seed the search trained with."""
+    search_seeds = {train_config(m.values).seed for m in methods}
+    return [s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds + len(search_seeds))
+            if s not in search_seeds][:seeds]
+
+
+def _retrain_all(space: SearchSpace, methods: Sequence[Method], runs: Sequence[tuple[int, int, dict[str, Any]]],
+                 address: str | None, object_store_memory: int | None) -> list[dict[str, Any]]:
+    """Every (method index, seed, values) run as a Ray task; the rows in method then seed order."""
     from gs_tune.search.cluster import gpus_per_trial, ray_session
 
-    run_dir = Path(run_dir)
-    for name, value in (("seeds", seeds), ("tasks", tasks)):
-        if value < 1:
-            raise ConfigError(name, f"must be >= 1, got {value}")
-    space, methods = _methods(run_dir, baselines, baselines_runs)
-    overrides: dict[str, Any] = {}
-    if smoke:
-        # The run dir's own smoke budget for every method, so they stay comparable with each other.
-        overrides = dict(space.smoke)
-        tasks, seeds = min(tasks, SMOKE_TASKS), min(seeds, SMOKE_SEEDS)
-    search_seeds = {train_config(m.values).seed for m in methods}
-    seed_list = [s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds + len(search_seeds))
-                 if s not in search_seeds][:seeds]
-    runs = [(i, seed, _run_values(m.values, seed, tasks, overrides))
-            for i, m in enumerate(methods) for seed in seed_list]
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     with ray_session(address, object_store_memory=object_store_memory) as cluster:
         print(f"gs-tune: Ray {cluster.description}", flush=True)
         # The search's resources per trial, so sec_per_iter compares with the search's trials.
         task = _retrain.options(num_cpus=space.cpus_per_trial,
                                 num_gpus=gpus_per_trial(space.gpus_per_trial, cluster.has_gpus))
-        print(f"gs-tune: retraining {len(methods)} methods x {len(seed_list)} seeds = {len(runs)} runs, "
-              f"{tasks} test tasks each", flush=True)
         pending = {task.remote(values): (i, seed, values) for i, seed, values in runs}
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
@@ -193,12 +219,41 @@ def evaluate_run(
             record = ray.get(ref)
             rows[(i, seed)] = _row(methods[i], seed, values, record)
             acc, ci = record.get("test_accuracy"), record.get("test_ci95")
-            result = "diverged" if acc is None else f"test accuracy {acc * 100:.2f}% ± {ci * 100:.2f}%"
+            result = "diverged" if acc is None else (f"test accuracy {acc * 100:.2f}% ± {ci * 100:.2f}% (95% "
+                                                      f"t-interval over {values['test_tasks']} test tasks)")
             print(f"[{len(rows)}/{len(runs)}] {methods[i].name} seed {seed}: {result}", flush=True)
-    ordered = [rows[k] for k in sorted(rows)]
-    path = write_evaluation(run_dir, ordered)
+    return [rows[k] for k in sorted(rows)]
+
+
+def evaluate_run(
+    run_dir: str | Path, *, baselines: Sequence[str] = ("maml", "fomaml", "reptile"), seeds: int = DEFAULT_SEEDS,
+    tasks: int = 600, baselines_runs: Sequence[str] = (), reference: str | None = DEFAULT_REFERENCE,
+    smoke: bool = False, address: str | None = None, object_store_memory: int | None = None,
+) -> pa.Table:
+    """Retrain and test every method for every seed; write RUN_DIR/evaluation.parquet and the paired
+    differences from ``reference`` (a method name; None for none) to RUN_DIR/evaluation_pairs.parquet;
+    return the evaluation table."""
+    run_dir = Path(run_dir)
+    for name, value in (("seeds", seeds), ("tasks", tasks)):
+        if value < 1:
+            raise ConfigError(name, f"must be >= 1, got {value}")
+    space, methods, reference = _methods(run_dir, baselines, baselines_runs, reference)
+    overrides: dict[str, Any] = {}
+    if smoke:
+        # The run dir's own smoke budget for every method, so they stay comparable with each other.
+        overrides = dict(space.smoke)
+        tasks, seeds = min(tasks, SMOKE_TASKS), min(seeds, SMOKE_SEEDS)
+    seed_list = _seed_list(methods, seeds)
+    runs = [(i, seed, _run_values(m.values, seed, tasks, overrides))
+            for i, m in enumerate(methods) for seed in seed_list]
+    print(f"gs-tune: retraining {len(methods)} methods x {len(seed_list)} seeds = {len(runs)} runs, "
+          f"{tasks} test tasks each; every method sees the same test tasks for a given seed", flush=True)
+    rows = _retrain_all(space, methods, runs, address, object_store_memory)
+    pairs = paired_results(rows, reference) if reference is not None else []
+    path = write_evaluation(run_dir, rows)
+    write_pairs(run_dir, pairs)
     print()
-    print(format_summary(ordered))
+    print(format_summary(rows, pairs))
     print(f"\nevaluation: {path}")
     return read_evaluation(run_dir)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from gs_tune.results.analysis import DEFAULT_OBJECTIVE, Objective
 from gs_tune.results.report import curves_data, history_data, pareto_data, slice_data, write_report
-from gs_tune.results.tables import read_metrics, read_trials
+from gs_tune.results.tables import read_metrics, read_trials, write_evaluation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -100,3 +102,27 @@ def test_pareto_data(make_run) -> None:
     front = {t for t, keep in zip(data.trial_ids, data.on_front) if keep}
     assert front == {"t2", "t3", "t5"}
     assert data.front == sorted(data.front) and data.x_label == "sec_per_iter (min)"
+
+
+def _with_old_test_columns(run: Path) -> Path:
+    """An older run's trials.parquet, from when every trial evaluated the test split: test columns
+    with values that appear nowhere else."""
+    table = read_trials(run)
+    for name, value in (("test_accuracy", 0.987654), ("test_ci95", 0.0123987), ("test_loss", 3.21987)):
+        column = pa.array([value] * table.num_rows, pa.float64())
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, column) if i >= 0 else table.append_column(name, column)
+    pq.write_table(table, run / "trials.parquet")
+    return run
+
+
+def test_search_section_shows_no_test_values(make_run) -> None:
+    run = _with_old_test_columns(make_run("single"))
+    md = write_report(run).read_text().replace(str(run), "RUN_DIR")  # pytest's tmp path says "test"
+    assert "test" not in md.lower() and not re.search(r"0\.98|98\.7|3\.21|0\.012", md)
+    # the test split is shown only from evaluation.parquet, under its own heading
+    write_evaluation(run, [{"method": "fomaml", "seed": 1000, "test_accuracy": 0.5, "test_ci95": 0.02,
+                            "test_tasks": 600, "params": {"seed": 1000}}])
+    md = write_report(run).read_text().replace(str(run), "RUN_DIR")
+    search, test = md.split("## Test split")
+    assert "test" not in search.lower() and "50.00% ± 2.00% | 600 test tasks" in test

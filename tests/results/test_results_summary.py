@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_results_report import _with_old_test_columns
 
 from gs_tune.errors import RunDirError
 from gs_tune.results.analysis import (
@@ -130,3 +131,11 @@ def test_searched_params_fall_back_to_varying_columns(make_run) -> None:
     rows = read_trials(run).to_pylist()
     assert searched_params(run, rows) == ["param_algorithm", "param_inner_lr", "param_w_cos"]
     assert searched_params(run, rows, numeric_only=True) == ["param_inner_lr", "param_w_cos"]
+
+
+def test_summary_shows_no_test_values(make_run) -> None:
+    """A search never evaluates the test split: even an older run whose trials.parquet holds test
+    columns gets none of them in its summary."""
+    run = _with_old_test_columns(make_run("single"))
+    text = summarize(run, top_k=10).replace(str(run), "RUN_DIR")  # pytest's tmp path says "test"
+    assert "test" not in text.lower() and "0.98" not in text and "3.22" not in text

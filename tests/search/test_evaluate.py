@@ -9,12 +9,17 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from gs_tune.errors import RunDirError
+from gs_tune.config import TrainConfig, train_config
+from gs_tune.data import load_dataset
+from gs_tune.errors import ConfigError, RunDirError
+from gs_tune.results.evaluation import PAIRS_FILE, TEST_TASK_FIELDS, read_pairs
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
-from gs_tune.search.evaluate import EVAL_SEED_BASE, UNTUNED_DEFAULTS, _methods, evaluate_run
+from gs_tune.search.evaluate import EVAL_SEED_BASE, REPTILE_DEFAULT_STEPS, _methods, _run_values, evaluate_run
 from gs_tune.search.space import load_space, parse_space
+from gs_tune.trainer import _Samplers
 
 # The space's --smoke budget shrunk further (the shipped one takes ~15 s per training on a loaded
 # 2-core machine): evaluate_run(smoke=True) trains with the run dir's own smoke block.
@@ -49,6 +54,7 @@ def build_run(run_dir: Path, trials: list[tuple[str, dict[str, Any], float, str]
         writer.on_report(tid, _val(iterations, acc), params)
         if status != "running":
             writer.on_trial_end(tid, status, params=params)
+    writer.close()  # the tables as a finished search leaves them
     return dict(space.fixed)
 
 
@@ -84,17 +90,27 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
         elif r["method"] == "ahe (tuned, w=0)":  # the correction off, everything else tuned
             assert {k: params[k] for k in BEST} == {**BEST, "w_cos": 0.0, "w_l2": 0.0}
         elif r["method"] == "ahe (default)":
-            # searched fields back at their (untuned) defaults, fixed ones kept
-            assert params["w_cos"] == UNTUNED_DEFAULTS["ahe"]["w_cos"]
-            assert params["w_l2"] == UNTUNED_DEFAULTS["ahe"]["w_l2"]
-            assert params["inner_lr"] == 0.4 and params["ahe_schedule"] == "constant"
-            assert params["ahe_clip"] is None and params["algorithm"] == "ahe"
+            # what `gs-tune train --algorithm ahe` runs: searched fields at TrainConfig's defaults,
+            # the space's fixed ones kept
+            for name in BEST:
+                assert params[name] == getattr(TrainConfig, name), name
+            assert params["algorithm"] == "ahe" and params["ways"] == fixed["ways"]
         else:
-            assert params["algorithm"] == "fomaml" and params["w_cos"] == 0.0
+            assert params["algorithm"] == "fomaml"
+    assert (run_dir / PAIRS_FILE).is_file()
+    pairs = read_pairs(run_dir)
+    assert [p.method for p in pairs] == list(methods[:3]) and {p.reference for p in pairs} == {"fomaml"}
+    for pair in pairs:  # every method finished both seeds: each pair is over both
+        assert pair.seeds == tuple(seeds) and pair.interval is not None and pair.note == ""
+        mine = {r["seed"]: r["test_accuracy"] for r in rows if r["method"] == pair.method}
+        ref = {r["seed"]: r["test_accuracy"] for r in rows if r["method"] == "fomaml"}
+        assert pair.interval.mean == pytest.approx(sum(mine[s] - ref[s] for s in seeds) / 2)
     out = capsys.readouterr().out
     assert "best trial b (early_stopped)" in out
     for method in methods:
-        assert any(line.startswith(method) and "%" in line for line in out.splitlines())
+        assert any(line.startswith(method) and "%" in line and "2 seeds" in line for line in out.splitlines())
+    assert "Paired differences from fomaml" in out and "95% t-interval over 10 test tasks" in out
+    assert "not a tuned first-order MAML" in out
 
 
 def test_no_finished_trial_is_a_run_dir_error(tmp_path: Path) -> None:
@@ -117,7 +133,7 @@ def test_baselines_run_gives_each_baseline_its_best_trial(tmp_path: Path) -> Non
                       ("f2", {"algorithm": "fomaml", "inner_lr": 0.6, "outer_lr": 0.002}, 0.7, "early_stopped"),
                       ("f3", {"algorithm": "fomaml", "inner_lr": 0.7, "outer_lr": 0.002}, 0.8, "diverged")],
               space_name="baselines")
-    _, methods = _methods(run_dir, ["fomaml"], [str(b_dir)])
+    _, methods, _ = _methods(run_dir, ["fomaml"], [str(b_dir)])
     assert [(m.name, m.source) for m in methods] == [
         ("ahe (tuned)", "tuned"), ("ahe (tuned, w=0)", "tuned-ablation"), ("ahe (default)", "default"),
         ("fomaml", "baselines-run")]
@@ -135,8 +151,62 @@ def test_baselines_runs_pool_one_run_per_algorithm(tmp_path: Path) -> None:
         build_run(b_dir, [(tid, {"algorithm": algo, "inner_lr": lr, "outer_lr": 0.001}, acc, "completed")
                           for tid, lr, acc in trials], space_name="baselines")
         runs.append(str(b_dir))
-    _, methods = _methods(run_dir, ["maml", "fomaml"], runs)
+    _, methods, _ = _methods(run_dir, ["maml", "fomaml"], runs)
     best = {m.name: m.values["inner_lr"] for m in methods[3:]}
     assert best == {"maml": 0.1, "fomaml": 0.3}
     with pytest.raises(RunDirError, match="reptile"):
         _methods(run_dir, ["reptile"], runs)
+
+
+def test_methods_with_the_same_seed_are_scored_on_the_same_test_tasks() -> None:
+    """What evaluate's pairing rests on: the trainer draws a run's test tasks from its seed's own
+    stream, so only TEST_TASK_FIELDS decide them, not the algorithm or anything it trains with."""
+    data = load_dataset("digits")
+    a = train_config(algorithm="ahe", seed=7, test_tasks=5, w_cos=0.3, inner_lr=0.1, iterations=10,
+                     meta_batch=2, val_tasks=3, meta_train_splits="train+val")
+    b = train_config(algorithm="reptile", seed=7, test_tasks=5, inner_steps=5, outer_lr=0.01, iterations=99,
+                     meta_batch=8, val_tasks=20)
+    other_seed = train_config(algorithm="ahe", seed=8, test_tasks=5)
+    assert all(getattr(a, f) == getattr(b, f) for f in TEST_TASK_FIELDS)
+    first, second = _Samplers(a, data), _Samplers(b, data)
+    first.rng.random(100)  # training draws do not shift the test stream
+    tasks_a, tasks_b = first.test_tasks(a.test_tasks), second.test_tasks(b.test_tasks)
+    assert all(torch.equal(x, y) for x, y in zip(tasks_a, tasks_b))
+    tasks_c = _Samplers(other_seed, data).test_tasks(5)
+    assert not torch.equal(tasks_a.x_query, tasks_c.x_query)
+
+
+def test_default_reptile_is_real_reptile(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    fixed = build_run(run_dir, [("a", BEST, 0.6, "completed")])
+    assert fixed["inner_steps"] == 1  # cosine_l2 fixes K = 1, which Reptile cannot take
+    _, methods, _ = _methods(run_dir, ["reptile"], [])
+    reptile = next(m for m in methods if m.name == "reptile")
+    cfg = train_config(_run_values(reptile.values, EVAL_SEED_BASE, 10, {}))
+    assert (cfg.algorithm, cfg.inner_steps) == ("reptile", REPTILE_DEFAULT_STEPS)
+    assert cfg.ways == fixed["ways"] and cfg.inner_lr == TrainConfig.inner_lr
+
+
+def test_baselines_run_skips_reptile_with_one_inner_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, b_dir = tmp_path / "run", tmp_path / "baselines"
+    build_run(run_dir, [("a", BEST, 0.6, "completed")])
+    build_run(b_dir, [("r1", {"algorithm": "reptile", "inner_steps": 1, "inner_lr": 0.2}, 0.9, "completed"),
+                      ("r5", {"algorithm": "reptile", "inner_steps": 5, "inner_lr": 0.1}, 0.7, "completed")],
+              space_name="baselines")
+    _, methods, reference = _methods(run_dir, ["reptile"], [str(b_dir)], reference=None)
+    assert reference is None and methods[-1].name == "reptile" and methods[-1].values["inner_steps"] == 5
+    assert "skipping trial r1" in capsys.readouterr().out
+
+
+def test_reference_joins_the_baselines_and_is_checked(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    build_run(run_dir, [("a", BEST, 0.6, "completed")])
+    _, methods, reference = _methods(run_dir, ["maml"], [], reference="fomaml")
+    assert [m.name for m in methods][-2:] == ["maml", "fomaml"] and reference == "fomaml"
+    # a baseline identical to an earlier method is trained once; the reference follows it
+    _, methods, reference = _methods(run_dir, ["ahe"], [], reference="ahe")
+    assert reference == "ahe (default)" and "ahe" not in [m.name for m in methods]
+    _, _, reference = _methods(run_dir, [], [], reference="ahe (tuned, w=0)")
+    assert reference == "ahe (tuned, w=0)"
+    with pytest.raises(ConfigError, match="reference: 'nope' is not a method"):
+        _methods(run_dir, [], [], reference="nope")
