@@ -9,7 +9,8 @@ the benchmarks) goes through this module, so the layout is written down once::
     RUN_DIR/tune/               Ray Tune's experiment state, trial directories, checkpoints
     RUN_DIR/tensorboard/ID/     per-trial TensorBoard scalars and hparams
     RUN_DIR/trials.parquet      one row per trial;  RUN_DIR/metrics.parquet  one row per report
-    RUN_DIR/evaluation.parquet  `gs-tune evaluate`;  RUN_DIR/report/  `gs-tune report`
+    RUN_DIR/evaluation.parquet  `gs-tune evaluate`, one row per run;  RUN_DIR/report/  `gs-tune report`
+    RUN_DIR/evaluation_pairs.parquet  `gs-tune evaluate`'s paired differences from its reference
 
 ``run.json`` records at launch the facts the results need (objectives with their trials.parquet
 column, the searched parameter names), so nothing downstream re-parses the space. No Ray here.
@@ -39,6 +40,7 @@ TENSORBOARD_DIR = "tensorboard"
 TRIALS_FILE = "trials.parquet"
 METRICS_FILE = "metrics.parquet"
 EVALUATION_FILE = "evaluation.parquet"
+EVALUATION_PAIRS_FILE = "evaluation_pairs.parquet"
 REPORT_DIR = "report"
 
 # A trial's status in trials.parquet, in lifecycle order. early_stopped: ASHA stopped it before its

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from gs_tune.results.schema import _field, _schema
 from gs_tune.results.summary import format_table
 from gs_tune.results.tables import write_table_atomic
+from gs_tune.rundir import EVALUATION_PAIRS_FILE
 from gs_tune.stats import Interval, mean_interval, paired_difference
 
 Rows = Sequence[Mapping[str, Any]]
-PAIRS_FILE = "evaluation_pairs.parquet"
 DEFAULT_REFERENCE = "fomaml"
 # What decides the test tasks a run is scored on (gs_tune/trainer.py, _Samplers.test_tasks): the
 # test split's classes and examples, the task shape, how many tasks, and the seed's test stream,
@@ -197,12 +197,12 @@ def write_pairs(run_dir: str | os.PathLike[str], pairs: Sequence[PairResult]) ->
              "mean_difference": None if p.interval is None else p.interval.mean,
              "ci95": None if p.interval is None or math.isnan(p.interval.half_width) else p.interval.half_width,
              "shared_seeds": list(p.seeds), "note": p.note or None} for p in pairs]
-    return write_table_atomic(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA), Path(run_dir) / PAIRS_FILE)
+    return write_table_atomic(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA), Path(run_dir) / EVALUATION_PAIRS_FILE)
 
 
 def read_pairs(run_dir: str | os.PathLike[str]) -> list[PairResult]:
     """RUN_DIR/evaluation_pairs.parquet as PairResults; [] when the file is not there."""
-    path = Path(run_dir) / PAIRS_FILE
+    path = Path(run_dir) / EVALUATION_PAIRS_FILE
     if not path.is_file():
         return []
     out = []

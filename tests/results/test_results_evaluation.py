@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from gs_tune.results.evaluation import (
-    PAIRS_FILE,
     PAIRS_SCHEMA,
     aggregate,
     format_summary,
@@ -24,6 +23,7 @@ from gs_tune.results.evaluation import (
 )
 from gs_tune.results.report import write_report
 from gs_tune.results.tables import write_evaluation
+from gs_tune.rundir import EVALUATION_PAIRS_FILE
 
 TASK = {"dataset": "digits", "data_root": None, "ways": 5, "shots": 1, "query": 15, "test_tasks": 600}
 
@@ -135,7 +135,7 @@ def test_pairs_file_round_trip(tmp_path: Path) -> None:
             + _accs("maml", {1000: 0.8}))
     pairs = paired_results(rows, "fomaml")
     write_pairs(tmp_path, pairs)
-    table = pq.read_table(tmp_path / PAIRS_FILE)
+    table = pq.read_table(tmp_path / EVALUATION_PAIRS_FILE)
     assert table.schema.equals(PAIRS_SCHEMA, check_metadata=False)
     assert table.column("seeds").to_pylist() == [2, 1] and table.column("ci95").to_pylist()[1] is None
     back = read_pairs(tmp_path)

@@ -14,9 +14,10 @@ import torch
 from gs_tune.config import TrainConfig, train_config
 from gs_tune.data import load_dataset
 from gs_tune.errors import ConfigError, RunDirError
-from gs_tune.results.evaluation import PAIRS_FILE, TEST_TASK_FIELDS, read_pairs
+from gs_tune.results.evaluation import TEST_TASK_FIELDS, read_pairs
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
+from gs_tune.rundir import EVALUATION_PAIRS_FILE
 from gs_tune.search.evaluate import EVAL_SEED_BASE, REPTILE_DEFAULT_STEPS, _methods, _run_values, evaluate_run
 from gs_tune.search.space import load_space, parse_space
 from gs_tune.trainer import _Samplers
@@ -97,7 +98,7 @@ def test_evaluate_retrains_best_default_and_baseline(tmp_path: Path, capsys: pyt
             assert params["algorithm"] == "ahe" and params["ways"] == fixed["ways"]
         else:
             assert params["algorithm"] == "fomaml"
-    assert (run_dir / PAIRS_FILE).is_file()
+    assert (run_dir / EVALUATION_PAIRS_FILE).is_file()
     pairs = read_pairs(run_dir)
     assert [p.method for p in pairs] == list(methods[:3]) and {p.reference for p in pairs} == {"fomaml"}
     for pair in pairs:  # every method finished both seeds: each pair is over both
