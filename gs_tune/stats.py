@@ -33,8 +33,10 @@ class Interval:
     over: str
 
     def describe(self, scale: float = 100.0, unit: str = "%") -> str:
-        hw = "n/a" if math.isnan(self.half_width) else f"{self.half_width * scale:.2f}{unit}"
-        return f"{self.mean * scale:.2f}{unit} ± {hw} (95% t-interval over {self.n} {self.over})"
+        if math.isnan(self.half_width):
+            return f"{self.mean * scale:.2f}{unit} (one value: no interval)"
+        return (f"{self.mean * scale:.2f}{unit} ± {self.half_width * scale:.2f}{unit} "
+                f"(95% t-interval over {self.n} {self.over})")
 
 
 def mean_interval(values: Sequence[float], over: str) -> Interval:

@@ -27,6 +27,7 @@ def test_interval_over_three_seeds_uses_t_not_1_96():
 def test_one_value_has_no_interval():
     iv = mean_interval([0.7], over="seeds")
     assert iv.mean == 0.7 and math.isnan(iv.half_width)
+    assert iv.describe() == "70.00% (one value: no interval)"
     with pytest.raises(ValueError):
         mean_interval([], over="seeds")
 
