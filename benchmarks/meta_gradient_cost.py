@@ -1,20 +1,26 @@
-"""Time and peak memory of one meta-iteration, per algorithm, batching and inner-step count.
+"""Time and peak memory of one meta-iteration, per algorithm, batching, layout and inner-step count.
 
 A meta-iteration is ``meta_gradient`` + one Adam step on Conv-4 (32 filters,
 28×28×1 images, 5-way, 15 queries per class, meta-batch 4, random inputs: the
 cost does not depend on the pixel values). Compared: our maml, fomaml, reptile,
-ahe with a finite-difference HVP and with the exact HVP, each with tasks
-batched by a Python loop and by vmap; and MAML / first-order MAML written with
-the ``higher`` package (``pip install higher``), the usual way, a loop over tasks.
+ahe with the exact HVP (the default) and with the float64 finite difference,
+each with tasks batched by a Python loop and by vmap; and MAML / first-order
+MAML written with the ``higher`` package (``pip install higher``), the usual
+way, a loop over tasks. The loop runs in both memory layouts: channels_last
+(NHWC weights and images) and contiguous (NCHW, ``build_model``'s default);
+``higher`` gets the same model and the same images in each, so the comparison
+stays like for like. vmap always runs in the contiguous layout (it cannot lay
+tensors out channels-last).
 
 Time: one fresh subprocess per (shots, K) runs every method on its own copy of
 the model, ``--warmup`` untimed meta-iterations each, then ``--reps`` timed
-ones round-robin over the methods; the table gives each method's median. The
-interleaving matters on a shared machine: the speed of this 2-core VM drifted
-by 1.5× over minutes (other tenants), which made methods timed minutes apart
-incomparable.
+ones round-robin over the methods; the tables give each method's median, and
+every ratio is the median over rounds of the ratio within a round (the two
+methods ran back to back). The interleaving matters on a shared machine: the
+speed of this 2-core VM drifted by 1.5× over minutes (other tenants), which
+made methods timed minutes apart incomparable.
 
-Peak memory: one fresh subprocess per method and configuration. On CPU it is
+Peak memory (default layout and vmap): one fresh subprocess per method and configuration. On CPU it is
 the peak resident size during one meta-iteration minus the resident size just
 before it (tracemalloc cannot see torch's allocations). A warm-up iteration
 runs first, because the first call pages in libtorch code and builds caches
@@ -25,7 +31,7 @@ holds the parent's size at fork time). That process runs with a fixed glibc
 mmap threshold (see MEMORY_ENV). On CUDA it is ``torch.cuda.max_memory_allocated``
 minus what was allocated before.
 
-    python benchmarks/meta_gradient_cost.py                  # full CPU run, ~10 minutes on 2 cores
+    python benchmarks/meta_gradient_cost.py                  # full CPU run, ~25 minutes on 2 cores
     python benchmarks/meta_gradient_cost.py --quick          # K in {1, 5}, fewer reps
     python benchmarks/meta_gradient_cost.py --device cuda --out /tmp/bench_meta_cuda.txt
     python benchmarks/meta_gradient_cost.py --profile        # ours vs plain autograd vs higher, ~3 minutes
@@ -48,8 +54,6 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 INNER_LR = 0.4
 WAYS, QUERY, META_BATCH, FILTERS, IMAGE = 5, 15, 4, 32, (1, 28, 28)
@@ -64,8 +68,9 @@ OURS = {
     **{name: ("ahe", {**AHE, "hvp": mode}) for name, mode in AHE_MODES.items()},
 }
 HIGHER = {"higher_maml": False, "higher_fomaml": True}  # name -> first_order
-TABLE_METHODS = ["maml", "fomaml", "reptile", "ahe_exact", "ahe_fd"]  # §1's columns; every mode: hvp_accuracy.py
+TABLE_METHODS = ["maml", "fomaml", "reptile", "ahe_exact", "ahe_fd"]  # every HVP mode: hvp_accuracy.py
 COLUMNS = [*TABLE_METHODS, *HIGHER]
+LAYOUTS = ("contiguous", "channels_last")  # the first is build_model's default
 
 
 # --- worker: one measurement in its own process ------------------------------------------
@@ -175,15 +180,18 @@ def higher_meta_gradient(model, tasks, steps: int, first_order: bool) -> None:
                 loss.backward()
 
 
-def make_setup(device_name: str, shots: int, seed: int = 0, dtype=None):
+def make_setup(device_name: str, shots: int, seed: int = 0, dtype=None, layout: str = LAYOUTS[0]):
+    """Conv-4 and a batch of random tasks, both in ``layout`` (the same values in either)."""
     import torch
 
     from gs_tune.data import TaskBatch
+    from gs_tune.meta import in_model_layout
     from gs_tune.models import build_model
 
     device = torch.device(device_name)
     dtype = dtype or torch.float32
-    model = build_model("conv4", IMAGE, WAYS, FILTERS, torch.Generator().manual_seed(seed)).to(device, dtype)
+    model = build_model("conv4", IMAGE, WAYS, FILTERS, torch.Generator().manual_seed(seed),
+                        channels_last=layout == "channels_last").to(device, dtype)
     gen = torch.Generator().manual_seed(seed + 1)
     tasks = TaskBatch(
         torch.rand(META_BATCH, WAYS * shots, *IMAGE, generator=gen),
@@ -191,7 +199,7 @@ def make_setup(device_name: str, shots: int, seed: int = 0, dtype=None):
         torch.rand(META_BATCH, WAYS * QUERY, *IMAGE, generator=gen),
         torch.arange(WAYS).repeat_interleave(QUERY).expand(META_BATCH, -1).contiguous(),
     ).to(device, dtype)
-    return device, model, tasks
+    return device, model, in_model_layout(model, tasks)  # higher is handed the images as they are
 
 
 def _prepared_step(device, model, tasks, method: str, batching: str, steps: int):
@@ -217,9 +225,11 @@ def timing_worker(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    device, model, tasks = make_setup(spec["device"], spec["shots"])
-    entries = [tuple(e) for e in spec["entries"]]
-    steps = {e: _prepared_step(device, copy.deepcopy(model), tasks, *e, spec["steps"]) for e in entries}
+    entries = [tuple(e) for e in spec["entries"]]  # (method, batching, layout)
+    setups = {layout: make_setup(spec["device"], spec["shots"], layout=layout) for layout in {e[2] for e in entries}}
+    device = next(iter(setups.values()))[0]
+    steps = {e: _prepared_step(device, copy.deepcopy(setups[e[2]][1]), setups[e[2]][2], e[0], e[1], spec["steps"])
+             for e in entries}
     for e in entries:
         for _ in range(spec["warmup"]):
             steps[e]()
@@ -242,7 +252,7 @@ def memory_worker(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    device, model, tasks = make_setup(spec["device"], spec["shots"])
+    device, model, tasks = make_setup(spec["device"], spec["shots"], layout=spec["layout"])
     step = _prepared_step(device, model, tasks, spec["method"], spec["batching"], spec["steps"])
     for _ in range(spec["warmup"]):
         step()
@@ -384,9 +394,8 @@ def profile(args) -> str:
                "| autograd.grad on the module | same, channels_last model and input |")
     lines = ["# Profile: where the time goes (in-process, medians in ms)", "", header, "",
              "## One gradient of the loss (Conv-4, 32 filters, 28×28×1)", "", columns, "|---|---|---|---|---|"]
-    _, model, _ = make_setup(args.device, 1)
-    _, model_cl, _ = make_setup(args.device, 1)
-    model_cl = model_cl.to(memory_format=torch.channels_last)
+    _, model, _ = make_setup(args.device, 1, layout="contiguous")
+    _, model_cl, _ = make_setup(args.device, 1, layout="channels_last")
     loss_fn = make_loss_fn(model)
     params = {k: p.detach() for k, p in model.named_parameters()}
     leaves = {k: p.clone().requires_grad_(True) for k, p in params.items()}
@@ -419,8 +428,10 @@ def profile(args) -> str:
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
         for k in (1, 5):
+            # ahe_fd here: the float32 difference of the dot term, as autograd_meta_gradient writes it
             for name, algorithm, kw in (("fomaml", "fomaml", {}), ("maml", "maml", {}),
-                                        ("ahe_fd", "ahe", {"w_dot": 0.1})):
+                                        ("ahe_fd", "ahe", {"w_dot": 0.1, "w_cos": 0.0, "w_l2": 0.0,
+                                                           "hvp": "finite_difference_f32", "fd_eps": 1e-5})):
                 ours = _median_ms(partial(meta_gradient, model, tasks, algorithm, inner_lr=INNER_LR,
                                           inner_steps=k, batching="loop", **kw), reps)
                 plain = _median_ms(partial(autograd_meta_gradient, model, tasks, name, k), reps)
@@ -443,79 +454,85 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a / b
 
 
-def render(results: dict, args, shots_list, ks, batchings, sanity, started, finished, threads) -> str:
-    def get(shots, k, method, batching, key="seconds"):
-        r = results.get((shots, k, method, batching))
-        return None if r is None else r[key]
+PATHS = {"loop, contiguous": ("loop", "contiguous"), "loop, channels_last": ("loop", "channels_last"),
+         "vmap": ("vmap", "contiguous")}
 
-    lines = []
-    w = lines.append
-    w("# Meta-iteration cost: Conv-4 (32 filters, 28×28×1), 5-way, 15 queries, meta-batch 4")
-    w("")
-    w(f"device: {args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
-      f"torch threads: {threads}, reps: {args.reps} (median, interleaved over the methods) after "
-      f"{args.warmup} warm-up, float32, inner_lr {INNER_LR}; "
-      f"load average {started:.2f} at start, {finished:.2f} at end")
-    w("")
-    w(f"code: {code_version()}, torch {args.torch_version}")
-    w("")
-    w("`higher_*`: MAML / first-order MAML written with `higher.innerloop_ctx` (loop over tasks only). "
-      "ahe: w_cos 0.1, w_l2 0.01, correction at θ (first_step).")
-    w("")
-    w("Sanity: ‖ours − higher‖/‖higher‖ of the meta-gradient (float64, K=2): "
-      + ", ".join(f"{k} {v:.1e}" for k, v in sanity.items()))
-    for title, key, digits in (("Seconds per meta-iteration", "seconds", 3), ("Peak extra memory (MB)", "peak_mb", 0)):
-        w("")
-        w(f"## {title}")
-        w("")
-        w("| shots | K | batching | " + " | ".join(COLUMNS) + " |")
-        w("|---|---|---|" + "---|" * len(COLUMNS))
-        for shots in shots_list:
-            for k in ks:
-                for b in batchings:
-                    cells = [fmt(get(shots, k, m, b, key), digits) for m in COLUMNS]
-                    w(f"| {shots} | {k} | {b} | " + " | ".join(cells) + " |")
-    w("")
-    w("## Time ratios (lower is cheaper)")
-    w("")
-    w("`ours/higher`: our time over higher's (loop) for the same algorithm.")
-    w("")
-    w("| shots | K | batching | ahe_fd/fomaml | ahe_fd/maml | maml ours/higher | fomaml ours/higher |")
-    w("|---|---|---|---|---|---|---|")
-    for shots in shots_list:
-        for k in ks:
-            for b in batchings:
-                t = {m: get(shots, k, m, b) for m in OURS}
-                hm, hf = get(shots, k, "higher_maml", "loop"), get(shots, k, "higher_fomaml", "loop")
-                cells = [ratio(t["ahe_fd"], t["fomaml"]), ratio(t["ahe_fd"], t["maml"]),
-                         ratio(t["maml"], hm), ratio(t["fomaml"], hf)]
-                w(f"| {shots} | {k} | {b} | " + " | ".join(fmt(c, 2) for c in cells) + " |")
-    if set(batchings) == {"loop", "vmap"}:
-        w("")
-        w("## vmap / loop (time; peak memory)")
-        w("")
-        w("| shots | K | " + " | ".join(OURS) + " |")
-        w("|---|---|" + "---|" * len(OURS))
-        for shots in shots_list:
-            for k in ks:
-                cells = []
-                for m in OURS:
-                    tr = ratio(get(shots, k, m, "vmap"), get(shots, k, m, "loop"))
-                    mr = ratio(get(shots, k, m, "vmap", "peak_mb"), get(shots, k, m, "loop", "peak_mb"))
-                    cells.append(f"{fmt(tr, 2)}; {fmt(mr, 2)}")
-                w(f"| {shots} | {k} | " + " | ".join(cells) + " |")
-    lines += render_targets(get, shots_list, ks, args)
+
+class Results:
+    """Measurements keyed (shots, K, method, batching, layout), with ratios paired within a round."""
+
+    def __init__(self):
+        self.data: dict[tuple, dict] = {}
+
+    def get(self, shots, k, method, path, key="seconds"):
+        r = self.data.get((shots, k, method, *PATHS[path]))
+        return None if r is None else r.get(key)
+
+    def ratio(self, shots, k, a: tuple[str, str], b: tuple[str, str]) -> float | None:
+        """Median over rounds of time(a) / time(b); a and b are (method, path) timed in the same worker."""
+        ra, rb = self.get(shots, k, *a, key="rounds"), self.get(shots, k, *b, key="rounds")
+        if ra is None or rb is None:
+            return None
+        return statistics.median(x / y for x, y in zip(ra, rb))
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def render(res: Results, args, ks, sanity, started, finished, threads) -> str:
+    paths = [p for p in PATHS if PATHS[p][0] in args.batching and PATHS[p][1] in args.layouts]
+    default = default_path(args)
+    configs = [(shots, k) for shots in args.shots for k in ks]
+    lines = ["# Meta-iteration cost: Conv-4 (32 filters, 28×28×1), 5-way, 15 queries, meta-batch 4", "",
+             f"device: {args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+             f"torch threads: {threads}, reps: {args.reps} (median, interleaved over the methods) after "
+             f"{args.warmup} warm-up, float32, inner_lr {INNER_LR}; load average {started:.2f} at start, "
+             f"{finished:.2f} at end", "", f"code: {code_version()}, torch {args.torch_version}", "",
+             "`higher_*`: MAML / first-order MAML written with `higher.innerloop_ctx` (loop over tasks only), on "
+             "the same model and images in the same layout. ahe: w_cos 0.1, w_l2 0.01, correction at θ "
+             "(first_step); ahe_exact is the default HVP, ahe_fd the float64 finite difference.", "",
+             "Sanity: ‖ours − higher‖/‖higher‖ of the meta-gradient (float64, K=2): "
+             + ", ".join(f"{k} {v:.1e}" for k, v in sanity.items())]
+    rows = [[str(s_), str(k), path, *(fmt(res.get(s_, k, m, path)) for m in COLUMNS)]
+            for s_, k in configs for path in paths]
+    lines += _table("Seconds per meta-iteration", ["shots", "K", "path", *COLUMNS], rows)
+    if not args.no_memory:
+        rows = [[str(s_), str(k), path, *(fmt(res.get(s_, k, m, path, "peak_mb"), 0) for m in COLUMNS)]
+                for s_, k in configs for path in paths if path in (default, "vmap")]
+        lines += _table("Peak extra memory (MB)", ["shots", "K", "path", *COLUMNS], rows)
+    if {"loop, channels_last", "loop, contiguous"} <= set(paths):
+        rows = [[str(s_), str(k), *(fmt(res.ratio(s_, k, (m, "loop, contiguous"), (m, "loop, channels_last")), 2)
+                                    for m in COLUMNS)] for s_, k in configs]
+        lines += _table("channels_last speed-up (contiguous time / channels_last time, loop)",
+                        ["shots", "K", *COLUMNS], rows)
+    pairs = [("ahe_exact", "fomaml"), ("ahe_exact", "maml"), ("ahe_fd", "fomaml"),
+             ("maml", "higher_maml"), ("fomaml", "higher_fomaml")]
+    rows = [[str(s_), str(k), path, *(fmt(res.ratio(s_, k, (a, path), (b, path)), 2) for a, b in pairs)]
+            for s_, k in configs for path in paths if path != "vmap"]
+    lines += _table("Time ratios (lower is cheaper; higher in the same layout)",
+                    ["shots", "K", "path", *(f"{a}/{b}" for a, b in pairs)], rows)
+    if "vmap" in paths and default != "vmap":
+        rows = [[str(s_), str(k), *(f"{fmt(res.ratio(s_, k, (m, 'vmap'), (m, default)), 2)}; "
+                                    f"{fmt(ratio(res.get(s_, k, m, 'vmap', 'peak_mb'), res.get(s_, k, m, default, 'peak_mb')), 2)}"
+                                    for m in TABLE_METHODS)] for s_, k in configs]
+        lines += _table(f"vmap / loop ({default.split(', ')[1]}): time; peak memory", ["shots", "K", *TABLE_METHODS],
+                        rows)
+    lines += render_targets(res, configs, ks, default)
     return "\n".join(lines) + "\n"
 
 
-def render_targets(get, shots_list, ks, args) -> list[str]:
+def default_path(args) -> str:
     import torch
 
     from gs_tune.meta import resolve_batching
 
-    b = resolve_batching("auto", torch.device(args.device))
-    out = ["", f"## Targets (batching `{b}`, the default on {args.device})", "",
-           "| target | shots | measured | pass |", "|---|---|---|---|"]
+    return "vmap" if resolve_batching("auto", torch.device(args.device)) == "vmap" else f"loop, {LAYOUTS[0]}"
+
+
+def render_targets(res: Results, configs, ks, path: str) -> list[str]:
+    out = ["", f"## Targets ({path}, the default here)", "", "| target | shots | measured | pass |", "|---|---|---|---|"]
     verdicts = []
 
     def row(name, shots, value, ok, text):
@@ -523,32 +540,38 @@ def render_targets(get, shots_list, ks, args) -> list[str]:
         out.append(f"| {name} | {shots} | {text if value is not None else '—'} | "
                    f"{'—' if ok is None else ('PASS' if ok else 'FAIL')} |")
 
-    for shots in shots_list:
-        if 5 in ks:
-            r = ratio(get(shots, 5, "ahe_fd", b), get(shots, 5, "fomaml", b))
-            row("ahe_fd ≤ 1.25× fomaml at K=5", shots, r, None if r is None else r <= 1.25, f"{fmt(r, 2)}×")
-            r = ratio(get(shots, 5, "ahe_fd", b), get(shots, 5, "maml", b))
-            row("ahe_fd ≤ 0.75× maml at K=5", shots, r, None if r is None else r <= 0.75, f"{fmt(r, 2)}×")
-        if 10 in ks:
-            r = ratio(get(shots, 10, "ahe_fd", b), get(shots, 10, "maml", b))
-            row("ahe_fd ≤ 0.6× maml at K=10", shots, r, None if r is None else r <= 0.6, f"{fmt(r, 2)}×")
-        kmax = max(ks)
-        if kmax > 1:
-            for method in ("ahe_fd", "ahe_exact"):
-                a1, an = get(shots, 1, method, b, "peak_mb"), get(shots, kmax, method, b, "peak_mb")
-                m1, mn = get(shots, 1, "maml", b, "peak_mb"), get(shots, kmax, "maml", b, "peak_mb")
-                r, rm = ratio(an, a1), ratio(mn, m1)
-                ok = None if r is None or rm is None else (r <= 1.2 and rm > r)
-                row(f"{method} peak memory K={kmax} ≤ 1.2× K=1, maml's grows", shots, r, ok,
-                    f"{method} {fmt(an, 0)}/{fmt(a1, 0)} MB = {fmt(r, 2)}×; maml {fmt(mn, 0)}/{fmt(m1, 0)} MB "
-                    f"= {fmt(rm, 2)}×")
-        for k in ks:
-            for ours, theirs in (("maml", "higher_maml"), ("fomaml", "higher_fomaml")):
-                r = ratio(get(shots, k, theirs, "loop"), get(shots, k, ours, b))
-                row(f"our {ours} ≥ 1.2× faster than higher (K={k})", shots, r,
+    for shots, k in configs:
+        limits = {5: (("fomaml", 1.3), ("maml", 0.75)), 10: (("maml", 0.6),)}.get(k, ())
+        for other, limit in limits:
+            r = res.ratio(shots, k, ("ahe_exact", path), (other, path))
+            row(f"ahe (default HVP) ≤ {limit}× {other} at K={k}", shots, r, None if r is None else r <= limit,
+                f"{fmt(r, 2)}×")
+        for ours, theirs in (("maml", "higher_maml"), ("fomaml", "higher_fomaml")):
+            if path != "vmap":
+                r = res.ratio(shots, k, (theirs, path), (ours, path))
+                row(f"our {ours} ≥ 1.2× faster than higher, same layout (K={k})", shots, r,
                     None if r is None else r >= 1.2, f"{fmt(r, 2)}× faster")
+    kmax = max(ks)
+    for shots in sorted({s_ for s_, _ in configs}):
+        if kmax == 1:
+            break
+        for method in ("ahe_exact", "ahe_fd"):
+            a1, an = res.get(shots, 1, method, path, "peak_mb"), res.get(shots, kmax, method, path, "peak_mb")
+            m1, mn = res.get(shots, 1, "maml", path, "peak_mb"), res.get(shots, kmax, "maml", path, "peak_mb")
+            r, rm = ratio(an, a1), ratio(mn, m1)
+            ok = None if r is None or rm is None else (r <= 1.2 and rm > r)
+            row(f"{method} peak memory K={kmax} ≤ 1.2× K=1, maml's grows", shots, r, ok,
+                f"{method} {fmt(an, 0)}/{fmt(a1, 0)} MB = {fmt(r, 2)}×; maml {fmt(mn, 0)}/{fmt(m1, 0)} MB = {fmt(rm, 2)}×")
     passed = sum(v is True for v in verdicts)
-    out += ["", f"{passed}/{sum(v is not None for v in verdicts)} targets met."]
+    return out + ["", f"{passed}/{sum(v is not None for v in verdicts)} targets met."]
+
+
+def entries_for(args) -> list[list[str]]:
+    out = []
+    for method in COLUMNS:
+        for path, (batching, layout) in PATHS.items():
+            if batching in args.batching and layout in args.layouts and (method in OURS or batching == "loop"):
+                out.append([method, batching, layout])
     return out
 
 
@@ -561,53 +584,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--batching", nargs="+", default=["loop", "vmap"], choices=["loop", "vmap"])
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS,
+                        help="memory layouts of the loop (vmap is always contiguous)")
+    parser.add_argument("--no-memory", action="store_true", help="time only")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     parser.add_argument("--profile", action="store_true",
                         help="instead: in-process profile of ours vs plain autograd vs higher")
     parser.add_argument("--timing-worker", help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.timing_worker:
-        print(json.dumps(timing_worker(json.loads(args.timing_worker))))
-        return
-    if args.memory_worker:
-        print(json.dumps(memory_worker(json.loads(args.memory_worker))))
+    if args.timing_worker or args.memory_worker:
+        worker = timing_worker if args.timing_worker else memory_worker
+        print(json.dumps(worker(json.loads(args.timing_worker or args.memory_worker))))
         return
     if args.profile:
         text = profile(args)
-        print(text)
-        if args.out:
-            args.out.write_text(text)
-        return
-    args.reps = args.reps or (3 if args.quick else 5)
-    ks = [1, 5] if args.quick else [1, 5, 10]
-
-    import torch
-
-    args.torch_version = torch.__version__
-    sanity = check_against_higher(args.device)
-    started = os.getloadavg()[0]
-    results = {}
-    threads = None
-    t_all = time.perf_counter()
-    for shots in args.shots:
-        for k in ks:
-            entries = [[m, b] for m in COLUMNS for b in (args.batching if m in OURS else ["loop"])]
-            spec = {"device": args.device, "shots": shots, "steps": k, "reps": args.reps, "warmup": args.warmup,
-                    "threads": args.threads}
-            timing = run_worker("timing", {**spec, "entries": entries})
-            threads = timing["threads"]
-            for method, b, seconds, fastest in timing["results"]:
-                memory = run_worker("memory", {**spec, "method": method, "batching": b, "warmup": 1},
-                                    env=MEMORY_ENV if args.device == "cpu" else None)
-                results[(shots, k, method, b)] = {"seconds": seconds, "min": fastest, **memory}
-                print(f"shots={shots} K={k:2d} {method:14s} {b:4s} {seconds:7.3f} s (min {fastest:.3f})  "
-                      f"{memory['peak_mb']:7.1f} MB  load {timing['load']:.2f}", file=sys.stderr, flush=True)
-    print(f"total {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
-    text = render(results, args, args.shots, ks, args.batching, sanity, started, os.getloadavg()[0], threads)
+    else:
+        text = measure(args)
     print(text)
     if args.out:
         args.out.write_text(text)
+
+
+def measure(args) -> str:
+    import torch
+
+    args.reps = args.reps or (3 if args.quick else 5)
+    ks = [1, 5] if args.quick else [1, 5, 10]
+    args.torch_version = torch.__version__
+    sanity = check_against_higher(args.device)
+    started = os.getloadavg()[0]
+    res, threads = Results(), None
+    default = PATHS[default_path(args)]
+    t_all = time.perf_counter()
+    for shots in args.shots:
+        for k in ks:
+            spec = {"device": args.device, "shots": shots, "steps": k, "reps": args.reps, "warmup": args.warmup,
+                    "threads": args.threads}
+            timing = run_worker("timing", {**spec, "entries": entries_for(args)})
+            threads = timing["threads"]
+            for (method, b, layout, seconds, fastest), rounds in zip(timing["results"], timing["rounds"]):
+                entry = {"seconds": seconds, "min": fastest, "rounds": rounds}
+                if not args.no_memory and (b, layout) in (default, PATHS["vmap"]):
+                    entry.update(run_worker("memory", {**spec, "method": method, "batching": b, "layout": layout,
+                                                       "warmup": 1}, env=MEMORY_ENV if args.device == "cpu" else None))
+                res.data[(shots, k, method, b, layout)] = entry
+                print(f"shots={shots} K={k:2d} {method:14s} {b:4s} {layout:13s} {seconds:7.3f} s (min {fastest:.3f})"
+                      f"  {entry.get('peak_mb', float('nan')):7.1f} MB  load {timing['load']:.2f}",
+                      file=sys.stderr, flush=True)
+    print(f"total {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
+    return render(res, args, ks, sanity, started, os.getloadavg()[0], threads)
 
 
 if __name__ == "__main__":

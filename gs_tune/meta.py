@@ -104,8 +104,6 @@ def meta_gradient(
     return grads, {k: stats[k] for k in STAT_NAMES}
 
 
-
-
 def adapt_and_evaluate(
     model: nn.Module, tasks: TaskBatch, inner_lr: float, inner_steps: int, batch_norm: str = "transductive",
 ) -> tuple[torch.Tensor, torch.Tensor]:

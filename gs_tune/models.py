@@ -73,9 +73,19 @@ class MLP(nn.Module):
 
 def build_model(
     name: str, image_shape: tuple[int, int, int], ways: int, filters: int = 32,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, channels_last: bool = False,
 ) -> nn.Module:
-    """A freshly initialised model; ``generator`` seeds the initialisation without global state."""
+    """A freshly initialised model; ``generator`` seeds the initialisation without global state.
+
+    ``channels_last`` stores convolution weights channels-last (NHWC), and
+    :func:`gs_tune.meta.meta_gradient` and :func:`gs_tune.meta.adapt_and_evaluate`
+    then lay images out the same way (a loop over tasks; vmap keeps the standard
+    layout). On a CPU that takes oneDNN's NHWC kernels, faster per meta-iteration
+    on Conv-4 (BENCHMARKS.md §1), but PyTorch's channels-last batch norm computes
+    its statistics with less care: float32 gradients drift from float64 by up to
+    ~1e-4 instead of ~1e-6 (BENCHMARKS.md §2), hence off by default. Same values
+    in exact arithmetic; the MLP has no convolution and is unaffected.
+    """
     channels, height, width = image_shape
     if name == "conv4":
         model: nn.Module = Conv4(channels, ways, min(height, width), filters)
@@ -84,8 +94,18 @@ def build_model(
     else:
         raise ConfigError("model", f"got {name!r}, allowed: conv4, mlp")
     if generator is not None:
-        _reinitialise(model, generator)
+        _reinitialise(model, generator)  # before the layout change: in-place draws fill memory order
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def input_memory_format(model: nn.Module) -> torch.memory_format | None:
+    """channels_last when the model's convolution weights are stored so, else None (leave inputs)."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+            return torch.channels_last
+    return None
 
 
 def _reinitialise(model: nn.Module, generator: torch.Generator) -> None:

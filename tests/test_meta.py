@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gs_tune.config import AlgoHParams
+from gs_tune.config import EVAL_BATCH_NORM, AlgoHParams
 from gs_tune.data import TaskBatch
 from gs_tune.errors import ConfigError
 from gs_tune.meta import adapt_and_evaluate, make_loss_fn, meta_gradient, resolve_batching
@@ -144,3 +144,16 @@ def test_unknown_batch_norm_mode_names_the_field(model):
     with pytest.raises(ConfigError) as info:
         adapt_and_evaluate(model, random_tasks(1), 0.2, 1, batch_norm="running")
     assert info.value.field == "eval_batch_norm"
+
+
+@pytest.mark.parametrize("batch_norm", EVAL_BATCH_NORM)
+def test_evaluation_is_the_same_in_either_layout(batch_norm):
+    """A channels-last Conv-4 (its images laid out to match) scores tasks as the standard one does."""
+    gen = torch.Generator
+    plain = build_model("conv4", (1, 16, 16), 5, 4, gen().manual_seed(5)).double()
+    nhwc = build_model("conv4", (1, 16, 16), 5, 4, gen().manual_seed(5), channels_last=True).double()
+    tasks = random_tasks(2, seed=6)
+    a_loss, a_acc = adapt_and_evaluate(plain, tasks, 0.2, 2, batch_norm=batch_norm)
+    b_loss, b_acc = adapt_and_evaluate(nhwc, tasks, 0.2, 2, batch_norm=batch_norm)
+    torch.testing.assert_close(b_loss, a_loss, rtol=1e-10, atol=1e-12)
+    assert torch.equal(b_acc, a_acc)

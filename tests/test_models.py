@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gs_tune.errors import ConfigError
-from gs_tune.models import Conv4, build_model
+from gs_tune.models import Conv4, build_model, input_memory_format
 
 
 @pytest.mark.parametrize(
@@ -102,3 +102,20 @@ def test_unknown_model_raises():
     with pytest.raises(ConfigError) as info:
         build_model("resnet", (1, 28, 28), 5)
     assert info.value.field == "model"
+
+
+def test_channels_last_is_a_layout_not_other_values():
+    """Same seed, same values; the convolution weights (not the rest) are stored NHWC, and the
+    input layout the engine should use follows from the weights."""
+    gen = torch.Generator
+    plain = build_model("conv4", (3, 32, 32), 5, 8, generator=gen().manual_seed(2))
+    nhwc = build_model("conv4", (3, 32, 32), 5, 8, generator=gen().manual_seed(2), channels_last=True)
+    for (k, a), (_, b) in zip(plain.named_parameters(), nhwc.named_parameters()):
+        assert torch.equal(a, b), k
+        assert b.is_contiguous(memory_format=torch.channels_last) if b.dim() == 4 else b.is_contiguous(), k
+    assert not any(p.dim() == 4 and not p.is_contiguous() for p in plain.parameters())
+    assert input_memory_format(nhwc) is torch.channels_last
+    assert input_memory_format(plain) is None
+    assert input_memory_format(build_model("mlp", (1, 28, 28), 5, channels_last=True)) is None
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(nhwc.double()(x.contiguous(memory_format=torch.channels_last)), plain.double()(x))

@@ -49,11 +49,12 @@ def make_tasks() -> Callable[..., TaskBatch]:
 
 @pytest.fixture(scope="session")
 def make_model() -> Callable[..., nn.Module]:
-    """``make_model("conv4" | "mlp", seed=0, dtype=float64)``: Conv-4 with 8 filters, MLP 32-16 hidden."""
+    """``make_model("conv4" | "mlp", seed=0, dtype=float64, channels_last=False)``: Conv-4 with 8
+    filters, MLP 32-16 hidden."""
 
-    def make(name: str, seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
+    def make(name: str, seed: int = 0, dtype: torch.dtype = torch.float64, channels_last: bool = False) -> nn.Module:
         filters = 8 if name == "conv4" else 4  # the MLP's hidden width is 8·filters
-        model = build_model(name, IMAGE_SHAPE, WAYS, filters, torch.Generator().manual_seed(seed))
+        model = build_model(name, IMAGE_SHAPE, WAYS, filters, torch.Generator().manual_seed(seed), channels_last)
         return model.to(dtype)
 
     return make

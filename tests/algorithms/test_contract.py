@@ -45,7 +45,7 @@ CASES = [
     for algo in ALGORITHMS
     for mode, hp in MODES.get(algo, [("", {})])
 ]
-MODELS = ["conv4", "mlp"]
+MODELS = ["conv4", "conv4-channels_last", "mlp"]  # Conv-4 also with NHWC weights and images
 NUM_TASKS = 3
 
 
@@ -70,7 +70,8 @@ def cache():
 
 @pytest.fixture(params=MODELS)
 def setup(request, make_model, make_tasks):
-    return request.param, make_model(request.param), make_tasks(NUM_TASKS)
+    name, _, layout = request.param.partition("-")
+    return request.param, make_model(name, channels_last=layout == "channels_last"), make_tasks(NUM_TASKS)
 
 
 def run(cache, key, model, tasks, algo, hp, batching):

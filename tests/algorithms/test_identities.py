@@ -21,6 +21,9 @@ from gs_tune.data import TaskBatch
 from gs_tune.meta import meta_gradient
 
 MODELS = ["conv4", "mlp"]
+# Conv-4 again with its weights and images channels-last (NHWC): the same mathematics on other kernels
+LAYOUTS = [("conv4", False), ("conv4", True), ("mlp", False)]
+LAYOUT_IDS = ["conv4", "conv4-channels_last", "mlp"]
 
 
 def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -72,9 +75,9 @@ def rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
-@pytest.mark.parametrize("name", MODELS)
-def test_matches_plain_autograd_reference(name, algorithm, steps, make_model, make_tasks):
-    model, tasks = make_model(name), make_tasks(2, shots=2)
+@pytest.mark.parametrize("name, channels_last", LAYOUTS, ids=LAYOUT_IDS)
+def test_matches_plain_autograd_reference(name, channels_last, algorithm, steps, make_model, make_tasks):
+    model, tasks = make_model(name, channels_last=channels_last), make_tasks(2, shots=2)
     grads, _ = meta_gradient(model, tasks, algorithm, inner_lr=0.1, inner_steps=steps, batching="loop")
     assert rel(grads, reference(model, tasks, algorithm, 0.1, steps)) < 1e-10
 
@@ -86,15 +89,15 @@ def test_matches_plain_autograd_reference(name, algorithm, steps, make_model, ma
     "hvp, eps, tol",
     [("exact", None, 1e-6), ("finite_difference", 1e-6, 1e-4), ("finite_difference_f32", 1e-6, 1e-4)],
 )
-@pytest.mark.parametrize("name", MODELS)
-def test_ahe_with_dot_weight_alpha_is_maml_at_one_step(name, hvp, eps, tol, make_model, make_tasks):
+@pytest.mark.parametrize("name, channels_last", LAYOUTS, ids=LAYOUT_IDS)
+def test_ahe_with_dot_weight_alpha_is_maml_at_one_step(name, channels_last, hvp, eps, tol, make_model, make_tasks):
     """K = 1, w_dot = α, λ = 1: −α·H_S·g_Q is exactly MAML's second-order term.
 
     fd_eps must be small here: a central difference that crosses a ReLU or
     max-pool kink inside ±ε is wrong by O(jump/ε); on Conv-4 ε = 1e-3 gives
     O(1) errors, ε = 1e-6 in float64 gives ~1e-9 (measured).
     """
-    model, tasks = make_model(name), make_tasks(2)
+    model, tasks = make_model(name, channels_last=channels_last), make_tasks(2)
     lr = 0.4
     maml, _ = meta_gradient(model, tasks, "maml", inner_lr=lr, inner_steps=1, batching="loop")
     ahe, _ = meta_gradient(
