@@ -42,21 +42,15 @@ class TrainPoint(TypedDict, total=False):
     ahe_lambda: float
 
 
-class Record(TypedDict, total=False):
-    """One record; which keys are present depends on ``kind`` (module docstring)."""
+class Record(TrainPoint, total=False):
+    """One record; which keys are present depends on ``kind`` (module docstring). A val record
+    carries the training statistics (TrainPoint's fields) averaged since the last validation."""
 
     kind: RecordKind
-    iteration: int
     elapsed_s: float
     sec_per_iter: float
     peak_memory_mb: float
     device: str
-    train_loss: float
-    train_accuracy: float
-    grad_norm: float
-    correction_norm: float
-    grad_cosine: float
-    ahe_lambda: float
     val_loss: float
     val_accuracy: float
     val_ci95: float
