@@ -176,17 +176,7 @@ def _run_dir(path: str) -> Path:
     return run_dir
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gs-tune", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="meta-train one configuration and evaluate it on the test split")
-    p.add_argument("--config", help="YAML file of config fields; flags override it")
-    p.add_argument("--resume", help="checkpoint file or directory to continue from")
-    _add_runtime_flags(p)
-    _add_config_flags(p)
-    p.set_defaults(func=cmd_train)
-
+def _add_launch_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="start a hyperparameter search on Ray Tune with Optuna")
     p.add_argument("--space", required=True, help="search-space YAML: a path or a shipped name (cosine_l2)")
     p.add_argument("--name", help="run name (default: the space's name plus a timestamp)")
@@ -206,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
                    help="pin a field of the space, searched or fixed (repeatable): --fix algorithm=maml")
     p.set_defaults(func=cmd_launch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gs-tune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="meta-train one configuration and evaluate it on the test split")
+    p.add_argument("--config", help="YAML file of config fields; flags override it")
+    p.add_argument("--resume", help="checkpoint file or directory to continue from")
+    _add_runtime_flags(p)
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    _add_launch_parser(sub)
 
     p = sub.add_parser("resume", help="continue an interrupted search")
     p.add_argument("run_dir")
