@@ -2,7 +2,7 @@
 
 Nothing here imports Ray: every function works on a run directory alone, finished
 or interrupted. Heavy modules are imported only by the submodules that need them
-(``tensorboard`` pulls in torch, ``report`` matplotlib, ``summary`` optuna), so
+(``tensorboard`` pulls in the TensorBoard protobufs, ``report`` matplotlib, ``summary`` optuna), so
 ``import gs_tune.results`` stays cheap for the Tune callback.
 """
 

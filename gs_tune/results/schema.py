@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+# 2: trials.parquet lost its test_* columns (searches no longer evaluate the test split).
+SCHEMA_VERSION = "2"
 PARAM_PREFIX = "param_"
 
 _F64 = pa.float64()
@@ -32,6 +33,8 @@ def _schema(fields: list[pa.Field], table: str) -> pa.Schema:
 
 # --- trials.parquet -----------------------------------------------------------
 
+# No test columns: a search never evaluates the test split (`gs-tune evaluate` does, into
+# evaluation.parquet).
 TRIAL_CORE_FIELDS: list[pa.Field] = [
     _field("trial_id", _STR, "Ray Tune trial id; also the name of tune/<id>/ and tensorboard/<id>/.", False),
     _field("status", _STR, "running, completed, early_stopped (by ASHA), diverged (non-finite loss) or error.",
@@ -48,9 +51,6 @@ TRIAL_CORE_FIELDS: list[pa.Field] = [
     _field("node", _STR, "Host / Ray node the trial ran on, when known."),
     _field("seed", _I64, "Training seed of the trial (as its actor reports it, or its 'seed' parameter)."),
     _field("error", _STR, "Error message of a trial that ended with status error or diverged."),
-    _field("test_loss", _F64, "Query loss of the final test evaluation (kind=test record)."),
-    _field("test_accuracy", _F64, "Accuracy of the final test evaluation (kind=test record)."),
-    _field("test_ci95", _F64, "95% confidence half-width of test_accuracy."),
     _field("peak_memory_mb", _F64, "Peak accelerator/host memory of the trial in MiB, latest reported."),
 ]
 TRIAL_CORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in TRIAL_CORE_FIELDS)

@@ -1,18 +1,21 @@
-"""Parquet tables of a run directory, written atomically while the search runs.
+"""Parquet tables of a run directory, kept current while the search runs.
 
-:class:`ResultsWriter` is driven from the search layer's Tune callback (driver
-process): every reported record becomes a metrics row and refreshes its trial's
-row, and both files are rewritten whole. The tables stay small (one row per
-trial, one per validation), and rewriting means a reader — the CLI, a notebook,
-DuckDB — always sees a complete, consistent file, even of an interrupted run.
+:class:`ResultsWriter` is driven from the search layer's Tune callback (driver process): every
+reported record becomes a metrics row and refreshes its trial's row. Each event is journaled and
+the files are republished whole a moment later by a background thread, through a temporary file
+and a rename, so a reader (the CLI, a notebook, DuckDB) always sees a complete, consistent file,
+a few seconds behind at most, and the driver's cost per report does not grow with the run.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,9 @@ from gs_tune.errors import RunDirError
 from gs_tune.fileio import atomic_write, remove_stale_temps
 from gs_tune.results import _values as V
 from gs_tune.results import schema as S
+from gs_tune.results._journal import Journal, remove_leftovers
+from gs_tune.results._publish import Publisher, TrialsCache, build_metrics, trial_rows
+from gs_tune.results._state import METRIC_KEYS, TableState
 from gs_tune.rundir import (
     COMPLETED,
     DIVERGED,
@@ -42,8 +48,8 @@ if TYPE_CHECKING:
 
     from gs_tune.results.tensorboard import TrialTensorBoard
 
-# Every numeric field a record may carry, under its record name (gs_tune/records.py).
-_NUMBERS = (*R.RUN_FIELDS, *R.TRAIN_FIELDS, *R.VAL_FIELDS, *R.TEST_FIELDS)
+# The numeric record fields (gs_tune/records.py) the tables keep; test_* are not among them.
+_NUMBERS = (*R.RUN_FIELDS, *R.TRAIN_FIELDS, *R.VAL_FIELDS)
 # trials.parquet columns that follow the latest record: record field -> column.
 _LATEST = {"elapsed_s": "wall_seconds", "sec_per_iter": "sec_per_iter", "peak_memory_mb": "peak_memory_mb"}
 
@@ -55,7 +61,10 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
 
 
 def _read(run_dir: str | os.PathLike[str], name: str) -> pa.Table:
-    path = Path(run_dir) / name
+    return _read_path(Path(run_dir) / name)
+
+
+def _read_path(path: Path) -> pa.Table:
     if not path.is_file():
         raise RunDirError(f"{path} does not exist (not a gs-tune run directory, or nothing recorded yet)")
     try:
@@ -106,29 +115,44 @@ def write_evaluation(run_dir: str | os.PathLike[str], rows: Iterable[Mapping[str
                               Path(run_dir) / EVALUATION_FILE)
 
 
+_OPEN: weakref.WeakSet[ResultsWriter] = weakref.WeakSet()
+
+
 class ResultsWriter:
     """Keeps trials.parquet and metrics.parquet of ``run_dir`` up to date, one call per Tune event.
 
-    Construct it once per search (also when resuming: existing rows are loaded and kept). Not
-    process-safe: exactly one writer per run directory, in the driver. ``tensorboard=True`` also
-    writes RUN_DIR/tensorboard/<trial_id>/ through :class:`TrialTensorBoard`. Parameter columns take
-    TrainConfig's field types (else the values'); a column still widens if a value does not fit
-    (int -> float -> string).
+    Construct it once per search (also when resuming: everything recorded is loaded and kept).
+    Exactly one writer per run directory at a time, in the driver; a newer one takes over and the
+    older one then refuses events. ``tensorboard=True`` also writes RUN_DIR/tensorboard/<trial_id>/
+    through :class:`TrialTensorBoard`. Parameter columns take TrainConfig's field types (else the
+    values'); a column still widens if a value does not fit (int -> float -> string).
+
+    An event costs the same however large the run: it is appended to the journal
+    (gs_tune/results/_journal.py) and to the in-memory tables, and a background thread publishes
+    the Parquet files a moment later (gs_tune/results/_publish.py says how soon). :meth:`flush`
+    publishes now; :meth:`close` publishes and folds the journal into the tables. A killed writer
+    loses nothing it was given: the next writer on the directory replays the journal.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, tensorboard: bool = False):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()  # Tune calls callbacks from one thread; this guards other users
-        self._trials: dict[str, dict[str, Any]] = {}
-        self._params: dict[str, dict[str, Any]] = {}
-        self._metrics: dict[str, dict[int, dict[str, Any]]] = {}
-        self._types: dict[str, pa.DataType | None] = {}
-        self._hints = V.config_param_types()
+        self._lock = threading.Lock()  # Tune calls callbacks from one thread; the publisher is another
+        self._state = TableState()
+        self._trials_cache = TrialsCache()
+        self._journal = Journal(self.run_dir)
+        self._publisher = Publisher(self._publish)
         self._tensorboard = tensorboard
         self._boards: dict[str, TrialTensorBoard] = {}
+        # pyarrow imports pandas (when installed) on its first conversion of Python values: pay
+        # that here, at the start of a search, rather than under the lock in the middle of one.
+        pa.array([0.0])
+        if tensorboard:
+            importlib.import_module("gs_tune.results.tensorboard")  # likewise, before the first report
         remove_stale_temps(self.run_dir, "*.parquet")  # left by a writer killed mid-write
+        remove_leftovers(self.run_dir)
         self._load()
+        _OPEN.add(self)
 
     # --- Tune events --------------------------------------------------------------
 
@@ -137,12 +161,11 @@ class ResultsWriter:
         parameters are ``params``.
 
         A val record adds a metrics row, or replaces the row of the same iteration (a resumed trial
-        re-reports from its checkpoint); its test_* values, when the search sent the last validation
-        and the test as one report, fill the trial's test columns. A test record fills those columns
-        and adds no metrics row. A diverged record adds a row with its training loss and no
+        re-reports from its checkpoint). A diverged record adds a row with its training loss and no
         validation values (the search's placeholder val_accuracy is for the searcher only), and
-        marks the trial diverged; any other record marks it running. device, node and seed, when a
-        record carries them, fill those columns.
+        marks the trial diverged; any other record marks it running. Test values are not recorded:
+        a search never evaluates the test split, and a test record adds no row. device, node and
+        seed, when a record carries them, fill those columns.
         """
         tid = str(trial_id)
         kind = V.record_kind(record, tid)
@@ -153,38 +176,22 @@ class ResultsWriter:
         values = {c: V.to_float(record.get(c), c) for c in _NUMBERS}
         seed = V.to_int(record.get("seed"), "seed")
         with self._lock:
-            trial = self._trial(tid)
-            trial.update({key: values[key] for key in R.TEST_FIELDS if kind == "test" or values[key] is not None})
+            self._ensure_journal()
+            fields = self._state.fields(tid)
+            metric = None
             if kind != "test":
-                row = {c: values[c] for c in S.METRIC_COLUMNS[2:]}
+                metric = {"iteration": iteration, **{c: values[c] for c in METRIC_KEYS[1:]}}
                 if kind == "diverged":
-                    row.update(dict.fromkeys(R.VAL_FIELDS))
-                self._metrics.setdefault(tid, {})[iteration] = {"trial_id": tid, "iteration": iteration, **row}
-                self._refresh_val(tid)
-            self._update_latest(trial, record, iteration, values, seed)
+                    metric.update(dict.fromkeys(R.VAL_FIELDS))
+            _update_latest(fields, record, iteration, values, seed)
             if kind == "diverged":
-                trial["status"], trial["error"] = DIVERGED, f"non-finite training loss at iteration {iteration}"
+                fields["status"], fields["error"] = DIVERGED, f"non-finite training loss at iteration {iteration}"
             else:
-                trial["status"], trial["error"] = RUNNING, None
-            self._set_params(tid, params)
-            self._write_metrics()
-            self._write_trials()
+                fields["status"], fields["error"] = RUNNING, None
+            self._record(tid, fields, metric, self._state.params_delta(tid, params))
             if self._tensorboard:
                 self._board(tid).log(record)
-
-    @staticmethod
-    def _update_latest(trial: dict[str, Any], record: Mapping[str, Any], iteration: int | None,
-                       values: Mapping[str, float | None], seed: int | None) -> None:
-        if iteration is not None:
-            trial["iterations"] = iteration
-        for key, column in _LATEST.items():
-            if values[key] is not None:
-                trial[column] = values[key]
-        for key in ("device", "node"):  # the search layer adds them to every report
-            if record.get(key) is not None:
-                trial[key] = str(record[key])
-        if seed is not None:
-            trial["seed"] = seed
+        self._publisher.poke()
 
     def on_trial_end(self, trial_id: str, status: str, error: str | None = None, device: str | None = None,
                      node: str | None = None, params: Mapping[str, Any] | None = None) -> None:
@@ -195,32 +202,43 @@ class ResultsWriter:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
         tid = str(trial_id)
         with self._lock:
-            trial = self._trial(tid)
-            if status == COMPLETED and trial["status"] == DIVERGED:
+            self._ensure_journal()
+            fields = self._state.fields(tid)
+            if status == COMPLETED and fields["status"] == DIVERGED:
                 status = DIVERGED
             if error is None and status in FAILED:
-                error = trial["error"]  # keep what the diverged record said
-            trial["status"] = status
-            trial["error"] = None if error is None else str(error)
+                error = fields["error"]  # keep what the diverged record said
+            fields["status"], fields["error"] = status, None if error is None else str(error)
             if device is not None:
-                trial["device"] = str(device)
+                fields["device"] = str(device)
             if node is not None:
-                trial["node"] = str(node)
-            self._set_params(tid, params)
-            if not (self.run_dir / METRICS_FILE).exists():
-                self._write_metrics()  # so read_metrics works on a run whose trials all failed early
-            self._write_trials()
+                fields["node"] = str(node)
+            self._record(tid, fields, None, self._state.params_delta(tid, params))
             if self._tensorboard:
-                final = {k: trial.get(k) for k in ("best_val_accuracy", "final_val_accuracy", "test_accuracy")}
+                trial = self._state.trials[tid]
+                final = {k: trial[k] for k in ("best_val_accuracy", "final_val_accuracy")}
                 self._board(tid).close({**final, "status": status})
                 del self._boards[tid]
+        self._publisher.poke()
+
+    def flush(self) -> None:
+        """Publish trials.parquet and metrics.parquet now, with every event so far."""
+        self._publisher.flush()
 
     def close(self) -> None:
-        """Flush and close open TensorBoard writers (interrupted search: their sessions stay open)."""
+        """Publish the tables, fold the journal into them, and flush and close open TensorBoard
+        writers (interrupted search: their sessions stay open). The writer stays usable."""
+        self._publisher.stop()
         with self._lock:
             for board in self._boards.values():
                 board.suspend()
             self._boards.clear()
+        if self._journal.is_open and not self._journal.owned():
+            self._journal.close()  # another writer took the directory over: its tables now
+            return
+        self._publisher.flush()  # on failure the journal stays, and with it every event
+        with self._lock:
+            self._journal.remove()
 
     def __enter__(self) -> Self:
         return self
@@ -228,80 +246,92 @@ class ResultsWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- state ------------------------------------------------------------------
+    # --- internals ------------------------------------------------------------------
 
-    def _trial(self, tid: str) -> dict[str, Any]:
-        if tid not in self._trials:
-            self._trials[tid] = {c: None for c in S.TRIAL_CORE_COLUMNS} | {"trial_id": tid, "status": RUNNING}
-            self._params[tid] = {}
-        return self._trials[tid]
+    def _ensure_journal(self) -> None:
+        if not self._journal.is_open:
+            # Only ever when the published tables hold every event (a new writer, or one closed).
+            self._journal.start(self._published())
+        elif not self._journal.owned():
+            raise RunDirError(f"{self.run_dir}: another ResultsWriter has taken this run directory over; "
+                              "this one records nothing more")
 
-    def _set_params(self, tid: str, params: Mapping[str, Any] | None) -> None:
-        if not params:
-            return
-        for name, value in params.items():
-            name, value = str(name), V.plain(value)
-            self._params[tid][name] = value
-            current = self._types.get(name)
-            self._types[name] = V.merge_type(current if current is not None else self._hints.get(name), value)
-        seed = params.get("seed")
-        if seed is not None:
-            with contextlib.suppress(ValueError):
-                self._trials[tid]["seed"] = V.to_int(seed, "seed")
+    def _published(self) -> list[Path]:
+        return [self.run_dir / TRIALS_FILE, self.run_dir / METRICS_FILE]
 
-    def _refresh_val(self, tid: str) -> None:
-        rows = [r for _, r in sorted(self._metrics.get(tid, {}).items())
-                if r["val_accuracy"] is not None or r["val_loss"] is not None]
-        trial = self._trials[tid]
-        last = rows[-1] if rows else {}
-        trial["final_val_accuracy"] = last.get("val_accuracy")
-        trial["final_val_loss"] = last.get("val_loss")
-        trial["final_val_ci95"] = last.get("val_ci95")
-        accs = [r["val_accuracy"] for r in rows if V.is_finite(r["val_accuracy"])]
-        losses = [r["val_loss"] for r in rows if V.is_finite(r["val_loss"])]
-        trial["best_val_accuracy"] = max(accs) if accs else None
-        trial["best_val_loss"] = min(losses) if losses else None
+    def _record(self, tid: str, fields: dict[str, Any], metric: dict[str, Any] | None,
+                params: dict[str, Any] | None) -> None:
+        """Journal one event (None values left out), then apply it."""
+        event: dict[str, Any] = {"id": tid, "trial": {k: v for k, v in fields.items() if v is not None}}
+        if metric is not None:
+            event["metric"] = {k: v for k, v in metric.items() if v is not None}
+        if params:
+            event["params"] = params
+        self._journal.append(event)
+        self._state.apply(tid, fields, metric, params)
 
     def _board(self, tid: str) -> TrialTensorBoard:
         if tid not in self._boards:
-            from gs_tune.results.tensorboard import TrialTensorBoard  # torch import only when asked for
+            from gs_tune.results.tensorboard import TrialTensorBoard  # protobuf imports only when asked for
 
-            self._boards[tid] = TrialTensorBoard(self.run_dir / TENSORBOARD_DIR / tid, self._params.get(tid, {}))
+            self._boards[tid] = TrialTensorBoard(self.run_dir / TENSORBOARD_DIR / tid,
+                                                 self._state.params.get(tid, {}), test=False)
         return self._boards[tid]
 
-    # --- files ------------------------------------------------------------------
-
     def _load(self) -> None:
-        if (self.run_dir / TRIALS_FILE).exists():
-            table = read_trials(self.run_dir)
-            for name, type_ in S.param_types_of(table.schema).items():
-                column = table.column(S.param_column(name))
-                # An all-null column says nothing about its type: let later values decide.
-                self._types[name] = type_ if column.null_count < len(column) else self._hints.get(name)
-            for row in table.to_pylist():
-                tid = str(row["trial_id"])
-                trial = self._trial(tid)
-                trial.update({c: row.get(c) for c in S.TRIAL_CORE_COLUMNS if c in row})
-                self._params[tid] = {k[len(S.PARAM_PREFIX):]: v for k, v in row.items() if k.startswith(S.PARAM_PREFIX)}
-        if (self.run_dir / METRICS_FILE).exists():
-            for row in read_metrics(self.run_dir).to_pylist():
-                tid = str(row["trial_id"])
-                self._trial(tid)
-                full = {c: row.get(c) for c in S.METRIC_COLUMNS}
-                self._metrics.setdefault(tid, {})[int(row["iteration"])] = full
+        if not self._journal.path.is_dir():
+            self._state.load(*(_read_path(p) if p.is_file() else None for p in self._published()))
+            return
+        # A writer was killed, or never closed: the journal's base, then its events.
+        base = [self._journal.base(TRIALS_FILE), self._journal.base(METRICS_FILE)]
+        self._state.load(*(_read_path(p) if p.is_file() else None for p in base))
+        for event in self._journal.read_events():
+            self._state.replay(event)
+        self._publisher.flush()
+        self._journal.start(self._published())  # takes the directory over from any older writer
 
-    def _write_trials(self) -> None:
-        types = {name: t if t is not None else pa.string() for name, t in self._types.items()}
-        rows = []
-        for tid, trial in self._trials.items():
-            row = dict(trial)
-            params = self._params.get(tid, {})
-            for name, type_ in types.items():
-                row[S.param_column(name)] = V.cast_param(params.get(name), type_)
-            rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=S.trials_schema(types))
-        write_table_atomic(table, self.run_dir / TRIALS_FILE)
+    def _publish(self) -> None:
+        """Write the tables from a snapshot of the state (in the publisher's thread, or flush's)."""
+        trials_file, metrics_file = self._published()
+        with self._lock:
+            if self._journal.is_open and not self._journal.owned():
+                return  # another writer took over: its tables, not these
+            snap = self._state.snapshot(trials_file.exists(), metrics_file.exists())
+        if snap is None:
+            return
+        try:
+            order = pa.array(snap.order, pa.string())
+            if snap.trials_due:  # first, so every trial in metrics.parquet is in trials.parquet
+                rows = trial_rows(snap.pairs, snap.types, V.cast_param)
+                write_table_atomic(self._trials_cache.update(rows, S.trials_schema(snap.types), order, snap.full),
+                                   trials_file)
+            if snap.metrics is not None:
+                write_table_atomic(build_metrics(*snap.metrics, order), metrics_file)
+            self._journal.sync()
+        except BaseException:
+            with self._lock:
+                self._state.unpublished(snap)
+            raise
 
-    def _write_metrics(self) -> None:
-        rows = [row for tid in self._trials for _, row in sorted(self._metrics.get(tid, {}).items())]
-        write_table_atomic(pa.Table.from_pylist(rows, schema=S.METRICS_SCHEMA), self.run_dir / METRICS_FILE)
+
+def _update_latest(fields: dict[str, Any], record: Mapping[str, Any], iteration: int | None,
+                   values: Mapping[str, float | None], seed: int | None) -> None:
+    if iteration is not None:
+        fields["iterations"] = iteration
+    for key, column in _LATEST.items():
+        if values[key] is not None:
+            fields[column] = values[key]
+    for key in ("device", "node"):  # the search layer adds them to every report
+        if record.get(key) is not None:
+            fields[key] = str(record[key])
+    if seed is not None:
+        fields["seed"] = seed
+
+
+@atexit.register
+def _publish_open_writers() -> None:
+    """A writer the program never closed still leaves its tables current when Python exits."""
+    for writer in list(_OPEN):
+        with contextlib.suppress(Exception):
+            writer._publisher.stop()
+            writer.flush()

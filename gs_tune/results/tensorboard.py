@@ -5,14 +5,18 @@ the trial's hparams session, so ``tensorboard --logdir RUN_DIR/tensorboard``
 shows one run per trial in the Scalars dashboard and one row per trial in the
 HParams dashboard. ``SummaryWriter.add_hparams`` would put the session into a
 timestamped sub-run instead, splitting each trial in two; hence the summaries are
-built here and written through the writer's own file writer.
+built here. Events are written by :class:`_EventFile` rather than torch's SummaryWriter: one
+write(2) per logged record and no thread per trial, so the search's driver pays little per
+report and a killed driver loses nothing it had logged.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -20,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-from torch.utils.tensorboard import SummaryWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from gs_tune.results._values import record_kind
 from gs_tune.rundir import COMPLETED, DIVERGED, EARLY_STOPPED, ERROR, RUNNING, TENSORBOARD_DIR
@@ -46,7 +51,8 @@ TEST_TAGS: dict[str, str] = {"test_loss": "test/loss", "test_accuracy": "test/ac
 PERF_TAGS: dict[str, str] = {"sec_per_iter": "perf/sec_per_iter", "peak_memory_mb": "perf/peak_memory_mb"}
 SCALAR_TAGS: dict[str, str] = {**TRAIN_TAGS, **VAL_TAGS, **TEST_TAGS, **PERF_TAGS}
 # Metrics of the HParams dashboard; distinct tags from the val/* scalars so the dashboard shows the
-# summary value rather than whatever val/accuracy happened to be last.
+# summary value rather than whatever val/accuracy happened to be last. test_accuracy only outside a
+# search (`gs-tune train --tensorboard`): a search never evaluates the test split.
 HPARAM_METRICS: tuple[str, ...] = ("best_val_accuracy", "final_val_accuracy", "test_accuracy")
 METRIC_TAG_PREFIX = "hparams/"
 
@@ -95,6 +101,33 @@ def session_end_summary(status: str) -> Summary:
     return _plugin_summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
 
 
+class _EventFile:
+    """One TensorBoard event file (TFRecord framing, as TensorBoard reads it), written synchronously."""
+
+    _uid = itertools.count()
+
+    def __init__(self, logdir: Path):
+        logdir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard finds files by "tfevents" in the name; the rest only has to be unique.
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._uid)}"
+        self._file = open(logdir / name, "wb")  # noqa: SIM115 - closed by close()
+        self._records = RecordWriter(self._file)
+        self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def write(self, event: Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def summary(self, summary: Summary, step: int) -> None:
+        self.write(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._file.flush()  # one write(2) for everything since the last flush
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class TrialTensorBoard:
     """Scalars and HParams session of one trial in ``logdir``.
 
@@ -103,20 +136,21 @@ class TrialTensorBoard:
     session end. No per-trial "experiment" summary is written on purpose: TensorBoard uses the first
     one it finds in any run, which would hide parameters that trial lacks (e.g. conditional ones);
     without it TensorBoard builds the experiment from all trials' sessions (union of parameters,
-    value ranges, and whether each differs between trials).
+    value ranges, and whether each differs between trials). ``test=False`` (a search's trials)
+    leaves out test/* scalars and the hparams/test_accuracy metric, whatever the records carry.
     """
 
-    def __init__(self, logdir: str | os.PathLike[str], hparams: Mapping[str, Any], flush_secs: int = 10):
+    def __init__(self, logdir: str | os.PathLike[str], hparams: Mapping[str, Any], *, test: bool = True):
         self.logdir = Path(logdir)
         self.hparams = dict(hparams)
-        # Flush often: the driver may be killed, and live dashboards should not lag minutes behind.
-        self._writer = SummaryWriter(log_dir=str(self.logdir), flush_secs=flush_secs)
-        self._file_writer = self._writer._get_file_writer()
-        self._file_writer.add_summary(session_start_summary(self.hparams, group_name=self.logdir.name))
+        self._test = test
+        self._file = _EventFile(self.logdir)
+        self._file.summary(session_start_summary(self.hparams, group_name=self.logdir.name), 0)
+        self._file.flush()
         self._step = 0
         self._best_val: float | None = None
         self._final_val: float | None = None
-        self._test: float | None = None
+        self._test_acc: float | None = None
         self._closed = False
 
     def log(self, record: Mapping[str, Any]) -> None:
@@ -125,31 +159,37 @@ class TrialTensorBoard:
         train/ and grad/ come from the record's ``train_log`` points, each at its own iteration
         (every ``log_every`` iterations), or from the record's own averages at its iteration when it
         has no train_log (a diverged record). val/ comes from val records only: a diverged record's
-        val_accuracy is the searcher's placeholder, not a measurement. test/ and perf/ come from
-        whichever record carries them.
+        val_accuracy is the searcher's placeholder, not a measurement. test/ (unless ``test=False``)
+        and perf/ come from whichever record carries them.
         """
         kind = record_kind(record, self.logdir.name)
         if record.get("iteration") is not None:
             self._step = int(record["iteration"])
+        steps: dict[int, list[Summary.Value]] = {}
         points = record.get("train_log")
         for point in points if points else [record]:
-            self._scalars(point, TRAIN_TAGS, int(point.get("iteration", self._step)))
+            self._values(steps, point, TRAIN_TAGS, int(point.get("iteration", self._step)))
         if kind == "val":
-            self._scalars(record, VAL_TAGS, self._step)
+            self._values(steps, record, VAL_TAGS, self._step)
             val = record.get("val_accuracy")
             if val is not None:
                 self._final_val = float(val)
                 if math.isfinite(val) and (self._best_val is None or val > self._best_val):
                     self._best_val = float(val)
-        self._scalars(record, {**TEST_TAGS, **PERF_TAGS}, self._step)
-        if record.get("test_accuracy") is not None:
-            self._test = float(record["test_accuracy"])
+        self._values(steps, record, {**TEST_TAGS, **PERF_TAGS} if self._test else PERF_TAGS, self._step)
+        if self._test and record.get("test_accuracy") is not None:
+            self._test_acc = float(record["test_accuracy"])
+        for step, values in steps.items():  # one event per step, all its tags in it
+            self._file.summary(Summary(value=values), step)
+        self._file.flush()
 
-    def _scalars(self, values: Mapping[str, Any], tags: Mapping[str, str], step: int) -> None:
+    @staticmethod
+    def _values(steps: dict[int, list[Summary.Value]], values: Mapping[str, Any], tags: Mapping[str, str],
+                step: int) -> None:
         for key, tag in tags.items():
             value = values.get(key)
             if value is not None:
-                self._writer.add_scalar(tag, float(value), step)
+                steps.setdefault(step, []).append(Summary.Value(tag=tag, simple_value=float(value)))
 
     def close(self, final: Mapping[str, Any] | None = None) -> None:
         """End the session: ``final`` may give best_val_accuracy, final_val_accuracy, test_accuracy
@@ -159,21 +199,26 @@ class TrialTensorBoard:
         # Also accept the metric tags themselves as keys ("hparams/best_val_accuracy").
         final = {str(k).removeprefix(METRIC_TAG_PREFIX): v for k, v in (final or {}).items()}
         seen = {"best_val_accuracy": self._best_val, "final_val_accuracy": self._final_val,
-                "test_accuracy": self._test}
+                "test_accuracy": self._test_acc}
+        values = []
         for name in HPARAM_METRICS:
+            if name.startswith("test_") and not self._test:
+                continue
             value = final.get(name, seen[name])
             if value is None:
                 value = seen[name]
             if value is not None:
-                self._writer.add_scalar(METRIC_TAG_PREFIX + name, float(value), self._step)
-        self._file_writer.add_summary(session_end_summary(str(final.get("status") or COMPLETED)), self._step)
+                values.append(Summary.Value(tag=METRIC_TAG_PREFIX + name, simple_value=float(value)))
+        if values:
+            self._file.summary(Summary(value=values), self._step)
+        self._file.summary(session_end_summary(str(final.get("status") or COMPLETED)), self._step)
         self.suspend()
 
     def suspend(self) -> None:
         """Flush and close without ending the session (interrupted search; a resume reopens the logdir)."""
         if not self._closed:
-            self._writer.flush()
-            self._writer.close()
+            self._file.flush()
+            self._file.close()
             self._closed = True
 
     def __enter__(self) -> Self:

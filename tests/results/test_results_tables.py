@@ -1,11 +1,16 @@
-"""ResultsWriter: documented schemas, one row per trial, no duplicate metrics rows, resume, readers."""
+"""ResultsWriter: documented schemas, one row per trial, no duplicate metrics rows, no test columns,
+resume, background publishing, readers."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -73,7 +78,7 @@ def test_one_row_per_trial_with_derived_columns(make_run, trials_spec) -> None:
     assert rows["t1"]["best_val_accuracy"] == pytest.approx(0.60)
     assert rows["t1"]["final_val_accuracy"] == pytest.approx(0.58)
     assert t2["iterations"] == 300 and t2["seed"] == 0 and t2["node"] == "node-1" and t2["device"] == "cpu"
-    assert t2["test_accuracy"] == pytest.approx(0.71) and t2["peak_memory_mb"] == 120.0
+    assert t2["peak_memory_mb"] == 120.0
     assert t2["param_w_cos"] == 0.1 and t2["param_algorithm"] == "ahe"
     assert rows["t3"]["status"] == "early_stopped"
 
@@ -89,14 +94,19 @@ def test_diverged_record_marks_trial_and_drops_placeholder_accuracy(make_run) ->
     assert math.isnan(diverged["train_loss"]) and diverged["val_accuracy"] is None
 
 
-def test_test_record_fills_test_columns_without_a_metrics_row(tmp_path: Path) -> None:
+def test_test_values_never_reach_the_tables(tmp_path: Path) -> None:
+    # a search never evaluates the test split; should a record carry test values anyway (an old
+    # trial, a hand-made space), they stay out of the search's tables
     writer = ResultsWriter(tmp_path)
-    writer.on_report("a", val_record(100, 0.4, 0.1), FIXED)
-    writer.on_report("a", {"kind": "test", "iteration": 100, "test_loss": 1.1, "test_accuracy": 0.45,
-                           "test_ci95": 0.02})
-    trial = read_trials(tmp_path).to_pylist()[0]
-    assert (trial["test_accuracy"], trial["test_ci95"], trial["final_val_accuracy"]) == (0.45, 0.02, 0.4)
-    assert read_metrics(tmp_path).column("iteration").to_pylist() == [100]
+    writer.on_report("a", val_record(100, 0.4, 0.1, test_accuracy=0.777, test_ci95=0.0123, test_loss=7.77), FIXED)
+    writer.on_report("a", {"kind": "test", "iteration": 100, "test_loss": 7.77, "test_accuracy": 0.777,
+                           "test_ci95": 0.0123})
+    writer.close()
+    for table in (read_trials(tmp_path), read_metrics(tmp_path)):
+        assert [n for n in table.column_names if n.startswith("test")] == []
+        assert not {0.777, 0.0123, 7.77} & {v for row in table.to_pylist() for v in row.values()}
+    assert read_trials(tmp_path).to_pylist()[0]["final_val_accuracy"] == 0.4
+    assert read_metrics(tmp_path).column("iteration").to_pylist() == [100]  # the test record adds no row
 
 
 def test_record_fields_are_the_trainers() -> None:
@@ -104,7 +114,7 @@ def test_record_fields_are_the_trainers() -> None:
     fields = {*records.RUN_FIELDS, *records.TRAIN_FIELDS, *records.VAL_FIELDS}
     assert set(METRICS_SCHEMA.names[2:]) <= fields
     assert {*records.TRAIN_FIELDS, *records.VAL_FIELDS} <= set(METRICS_SCHEMA.names)
-    assert set(records.TEST_FIELDS) <= {f.name for f in TRIAL_CORE_FIELDS}
+    assert not set(records.TEST_FIELDS) & {f.name for f in TRIAL_CORE_FIELDS}  # evaluation.parquet's
     # and each objective run.json records has its column in trials.parquet
     assert set(OBJECTIVE_COLUMNS.values()) <= {f.name for f in TRIAL_CORE_FIELDS}
 
@@ -113,6 +123,7 @@ def test_completed_after_diverged_record_stays_diverged(tmp_path: Path) -> None:
     writer = ResultsWriter(tmp_path)
     writer.on_report("a", {"kind": "diverged", "iteration": 7, "train_loss": math.inf, "val_accuracy": 0.0})
     writer.on_trial_end("a", "completed")
+    writer.flush()
     assert read_trials(tmp_path).column("status").to_pylist() == ["diverged"]
 
 
@@ -125,6 +136,7 @@ def test_rereporting_an_iteration_replaces_the_row(tmp_path: Path) -> None:
     resumed = ResultsWriter(tmp_path)
     resumed.on_report("a", val_record(200, 0.6, 0.1), params)
     resumed.on_report("a", val_record(300, 0.65, 0.1), params)
+    resumed.close()
     metrics = read_metrics(tmp_path).to_pylist()
     assert [(m["iteration"], m["val_accuracy"]) for m in metrics] == [(100, 0.4), (200, 0.6), (300, 0.65)]
     trials = read_trials(tmp_path).to_pylist()
@@ -138,6 +150,7 @@ def test_resume_keeps_earlier_trials_and_types(make_run) -> None:
     writer = ResultsWriter(run)
     writer.on_report("t9", val_record(100, 0.3, 0.1), {**FIXED, "ahe_clip": 0.5, "w_cos": 2})
     writer.on_trial_end("t5", "completed")
+    writer.close()
     after = read_trials(run)
     assert after.num_rows == before.num_rows + 1
     assert after.schema.field("param_ahe_clip").type == pa.float64()
@@ -153,6 +166,7 @@ def test_trial_that_failed_before_reporting(tmp_path: Path) -> None:
     writer = ResultsWriter(tmp_path)
     writer.on_trial_end("x", "error", error="Traceback ...\nRuntimeError: CUDA out of memory", node="n2",
                         params={"inner_lr": 0.1, "algorithm": "maml", "schedule": [1, 2]})
+    writer.flush()
     row = read_trials(tmp_path).to_pylist()[0]
     assert row["status"] == "error" and row["error"].endswith("out of memory") and row["node"] == "n2"
     assert row["param_inner_lr"] == 0.1 and row["param_schedule"] == "[1, 2]"
@@ -169,7 +183,9 @@ def test_bad_input_raises(tmp_path: Path) -> None:
         writer.on_report("a", {"iteration": 1, "test_accuracy": 0.5})  # no guessing from the fields
     with pytest.raises(ValueError, match="must be a number"):
         writer.on_report("a", {"kind": "val", "iteration": 1, "val_accuracy": "high"})
-    assert not (tmp_path / "trials.parquet").exists()  # rejected before anything was recorded
+    writer.close()
+    # rejected before anything was recorded: no table, no journal
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_pandas_polars_duckdb_read_both_tables(make_run, trials_spec) -> None:
@@ -237,3 +253,118 @@ def test_docs_describe_every_column_and_tag() -> None:
     names = [*(f.name for f in TRIAL_CORE_FIELDS), *METRICS_SCHEMA.names,
              *EVALUATION_SCHEMA.names, *SCALAR_TAGS, *SCALAR_TAGS.values()]
     assert [n for n in names if f"`{n}`" not in docs] == []
+
+
+def test_tables_are_published_in_the_background(tmp_path: Path) -> None:
+    writer = ResultsWriter(tmp_path)
+    writer.on_report("a", val_record(100, 0.4, 0.1), FIXED)
+    writer.on_report("b", val_record(100, 0.5, 0.1), FIXED)
+    deadline = time.monotonic() + 20
+    rows = 0
+    while rows < 2 and time.monotonic() < deadline:  # no flush: the publisher thread writes them
+        time.sleep(0.05)
+        with contextlib.suppress(RunDirError):
+            rows = read_metrics(tmp_path).num_rows
+    assert rows == 2 and read_trials(tmp_path).num_rows == 2
+    writer.close()
+
+
+def test_metrics_rows_are_trial_by_trial_each_by_iteration(tmp_path: Path) -> None:
+    writer = ResultsWriter(tmp_path)
+    for it in (100, 200, 300):  # two trials reporting in turn, as a concurrent search does
+        writer.on_report("b", val_record(it, 0.5, 0.1), FIXED)
+        writer.on_report("a", val_record(it, 0.4, 0.1), FIXED)
+    writer.on_report("b", val_record(200, 0.9, 0.1), FIXED)  # b resumed from its iteration-100 checkpoint
+    writer.close()
+    rows = [(r["trial_id"], r["iteration"], r["val_accuracy"]) for r in read_metrics(tmp_path).to_pylist()]
+    assert rows == [("b", 100, 0.5), ("b", 200, 0.9), ("b", 300, 0.5), ("a", 100, 0.4), ("a", 200, 0.4),
+                    ("a", 300, 0.4)]
+    b = read_trials(tmp_path).to_pylist()[0]
+    assert (b["trial_id"], b["best_val_accuracy"], b["final_val_accuracy"]) == ("b", 0.9, 0.5)
+
+
+def test_close_folds_the_journal_and_the_writer_stays_usable(tmp_path: Path) -> None:
+    writer = ResultsWriter(tmp_path)
+    writer.on_report("a", val_record(100, 0.4, 0.1), FIXED)
+    assert (tmp_path / ".results-journal").is_dir()
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.parquet", "trials.parquet"]
+    writer.on_report("a", val_record(200, 0.5, 0.1), FIXED)
+    writer.on_trial_end("a", "completed")
+    writer.close()
+    assert read_metrics(tmp_path).column("iteration").to_pylist() == [100, 200]
+    assert read_trials(tmp_path).column("status").to_pylist() == ["completed"]
+
+
+def test_a_newer_writer_takes_the_directory_over(tmp_path: Path) -> None:
+    old = ResultsWriter(tmp_path)
+    old.on_report("a", val_record(100, 0.4, 0.1), FIXED)  # never flushed, never closed: as if killed
+    new = ResultsWriter(tmp_path)
+    with pytest.raises(RunDirError, match="another ResultsWriter"):
+        old.on_report("a", val_record(200, 0.5, 0.1), FIXED)
+    new.on_report("b", val_record(100, 0.6, 0.1), FIXED)
+    old.close()  # must not publish its stale tables over the new writer's
+    new.flush()
+    assert read_trials(tmp_path).column("trial_id").to_pylist() == ["a", "b"]
+    new.close()
+    assert read_metrics(tmp_path).num_rows == 2
+
+
+def _event_stream(rng: random.Random) -> list[tuple[str, Any]]:
+    """Events of 12 trials in random interleaving: validations, re-reported iterations (resumed
+    trials), divergence, parameters that widen a column (int, then float, then text), trial ends."""
+    events: list[tuple[str, Any]] = []
+    for t in range(12):
+        tid = f"t{t}"
+        params = {**FIXED, "w_cos": rng.choice([1, 0.5, "auto"]) if t > 3 else t, "inner_lr": rng.random()}
+        its = [100 * (i + 1) for i in range(rng.randint(0, 4))]
+        its += rng.sample(its, k=min(len(its), rng.randint(0, 2)))  # re-reports
+        events += [("report", (tid, val_record(it, rng.random(), 0.1, node=f"n{t % 3}"), params)) for it in its]
+        if rng.random() < 0.2:
+            events.append(("report", (tid, {"kind": "diverged", "iteration": 450, "train_loss": math.nan,
+                                             "val_accuracy": 0.0}, params)))
+        status = rng.choice(["completed", "early_stopped", "error", None])
+        if status:
+            events.append(("end", (tid, status, "boom" if status == "error" else None, params)))
+    order = sorted(range(len(events)), key=lambda i: (rng.random(), i))
+    # keep each trial's own events in order: stable sort of a random permutation by trial
+    by_trial: dict[str, list[tuple[str, Any]]] = {}
+    for e in events:
+        by_trial.setdefault(e[1][0], []).append(e)
+    picks = [events[i][1][0] for i in order]
+    return [by_trial[tid].pop(0) for tid in picks]
+
+
+def _feed(writer: ResultsWriter, events: list[tuple[str, Any]]) -> None:
+    for kind, args in events:
+        if kind == "report":
+            writer.on_report(*args)
+        else:
+            tid, status, error, params = args
+            writer.on_trial_end(tid, status, error=error, params=params)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_journal_replay_gives_the_same_tables(tmp_path: Path, seed: int) -> None:
+    events = _event_stream(random.Random(seed))
+    cut = len(events) // 2
+    live = ResultsWriter(tmp_path / "live")
+    _feed(live, events)
+    live.close()
+    # a writer that was killed half-way (its journal left), resumed by another that gets the rest
+    first = ResultsWriter(tmp_path / "resumed")
+    _feed(first, events[:cut])
+    resumed = ResultsWriter(tmp_path / "resumed")
+    _feed(resumed, events[cut:])
+    resumed.close()
+    _assert_same_tables(tmp_path / "resumed", tmp_path / "live")
+    # and once more from the closed tables alone (no journal), with nothing new
+    ResultsWriter(tmp_path / "resumed").close()
+    _assert_same_tables(tmp_path / "resumed", tmp_path / "live")
+
+
+def _assert_same_tables(a: Path, b: Path) -> None:
+    for read in (read_trials, read_metrics):
+        ta, tb = read(a), read(b)
+        assert ta.schema.equals(tb.schema, check_metadata=True)
+        assert repr(ta.to_pylist()) == repr(tb.to_pylist())  # repr: NaN (a diverged loss) equals itself
