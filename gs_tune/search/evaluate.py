@@ -18,12 +18,17 @@ Protocol (docs/protocol.md says it in full):
   so every method is scored on the same test tasks for a given seed: a paired comparison.
 * Per method: the mean over seeds ± its 95% Student-t interval; paired differences from the
   reference method over the seeds both finished (gs_tune/results/evaluation.py).
+* Resumable: every finished run is appended to RUN_DIR/evaluation_runs.jsonl as it ends, and an
+  evaluation started again keeps the runs found there with the same method, seed and configuration
+  and retrains only the others; the file is removed once evaluation.parquet is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +38,11 @@ import ray
 
 from gs_tune.config import ALGORITHMS, TrainConfig, train_config
 from gs_tune.errors import ConfigError, GsTuneError, RunDirError
+from gs_tune.fileio import FILE_MODE
 from gs_tune.results.evaluation import DEFAULT_REFERENCE, format_summary, paired_results, write_pairs
 from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
-from gs_tune.rundir import FINISHED, read_space
+from gs_tune.rundir import EVALUATION_RUNS_FILE, FINISHED, read_space
 from gs_tune.search.space import SearchSpace
 
 # Reptile's inner steps when none of at least 2 is given (TrainConfig's 1 would be joint training on
@@ -201,23 +207,61 @@ def _seed_list(methods: Sequence[Method], seeds: int) -> list[int]:
             if s not in search_seeds][:seeds]
 
 
+def run_key(method: Method, seed: int, values: Mapping[str, Any]) -> str:
+    """What makes a finished run reusable by a resumed evaluation: the same method, seed and
+    configuration (test tasks and smoke budget included)."""
+    return json.dumps({"method": method.name, "source": method.source, "seed": seed,
+                       "config": train_config(values).as_dict()}, sort_keys=True, default=str)
+
+
+def _finished_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows by run_key from an unfinished evaluation's journal; a line torn by a kill is dropped."""
+    out: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                out[str(entry["key"])] = dict(entry["row"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return out
+
+
+def _append_run(path: Path, key: str, row: Mapping[str, Any]) -> None:
+    # one write(2) of a whole line: a kill leaves at most a torn last line, which is dropped on reading
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        os.write(fd, (json.dumps({"key": key, "row": row}, default=str) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _retrain_all(space: SearchSpace, methods: Sequence[Method], runs: Sequence[tuple[int, int, dict[str, Any]]],
-                 address: str | None, object_store_memory: int | None) -> list[dict[str, Any]]:
-    """Every (method index, seed, values) run as a Ray task; the rows in method then seed order."""
+                 address: str | None, object_store_memory: int | None, journal: Path) -> list[dict[str, Any]]:
+    """Every (method index, seed, values) run as a Ray task, but those ``journal`` already holds
+    (each new one is added to it as it ends); the rows in method then seed order."""
     from gs_tune.search.cluster import gpus_per_trial, ray_session
 
-    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    done = _finished_runs(journal)
+    rows = {(i, seed): done[k] for i, seed, values in runs if (k := run_key(methods[i], seed, values)) in done}
+    if rows:
+        print(f"gs-tune: {len(rows)} of {len(runs)} runs already done, kept from {journal}", flush=True)
+    todo = [(i, seed, values) for i, seed, values in runs if (i, seed) not in rows]
+    if not todo:
+        return [rows[k] for k in sorted(rows)]
     with ray_session(address, object_store_memory=object_store_memory) as cluster:
         print(f"gs-tune: Ray {cluster.description}", flush=True)
         # The search's resources per trial, so sec_per_iter compares with the search's trials.
         task = _retrain.options(num_cpus=space.cpus_per_trial,
                                 num_gpus=gpus_per_trial(space.gpus_per_trial, cluster.has_gpus))
-        pending = {task.remote(values): (i, seed, values) for i, seed, values in runs}
+        pending = {task.remote(values): (i, seed, values) for i, seed, values in todo}
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             i, seed, values = pending.pop(ref)
             record = ray.get(ref)
             rows[(i, seed)] = _row(methods[i], seed, values, record)
+            _append_run(journal, run_key(methods[i], seed, values), rows[(i, seed)])
             acc, ci = record.get("test_accuracy"), record.get("test_ci95")
             result = "diverged" if acc is None else (f"test accuracy {acc * 100:.2f}% ± {ci * 100:.2f}% (95% "
                                                       f"t-interval over {values['test_tasks']} test tasks)")
@@ -248,10 +292,12 @@ def evaluate_run(
             for i, m in enumerate(methods) for seed in seed_list]
     print(f"gs-tune: retraining {len(methods)} methods x {len(seed_list)} seeds = {len(runs)} runs, "
           f"{tasks} test tasks each; every method sees the same test tasks for a given seed", flush=True)
-    rows = _retrain_all(space, methods, runs, address, object_store_memory)
+    journal = run_dir / EVALUATION_RUNS_FILE
+    rows = _retrain_all(space, methods, runs, address, object_store_memory, journal)
     pairs = paired_results(rows, reference) if reference is not None else []
     path = write_evaluation(run_dir, rows)
     write_pairs(run_dir, pairs)
+    journal.unlink(missing_ok=True)  # its runs are in evaluation.parquet: a new evaluation retrains
     print()
     print(format_summary(rows, pairs))
     print(f"\nevaluation: {path}")

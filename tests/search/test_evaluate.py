@@ -17,8 +17,15 @@ from gs_tune.errors import ConfigError, RunDirError
 from gs_tune.results.evaluation import TEST_TASK_FIELDS, read_pairs
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
-from gs_tune.rundir import EVALUATION_PAIRS_FILE
-from gs_tune.search.evaluate import EVAL_SEED_BASE, REPTILE_DEFAULT_STEPS, _methods, _run_values, evaluate_run
+from gs_tune.rundir import EVALUATION_PAIRS_FILE, EVALUATION_RUNS_FILE
+from gs_tune.search.evaluate import (
+    EVAL_SEED_BASE,
+    REPTILE_DEFAULT_STEPS,
+    _methods,
+    _run_values,
+    evaluate_run,
+    run_key,
+)
 from gs_tune.search.space import load_space, parse_space
 from gs_tune.trainer import _Samplers
 
@@ -211,3 +218,53 @@ def test_reference_joins_the_baselines_and_is_checked(tmp_path: Path) -> None:
     assert reference == "ahe (tuned, w=0)"
     with pytest.raises(ConfigError, match="reference: 'nope' is not a method"):
         _methods(run_dir, [], [], reference="nope")
+
+
+def test_an_ahe_baselines_run_joins_as_method_ahe(tmp_path: Path) -> None:
+    """How the study puts the identity-HVP search into one evaluation with the rest: its best trial
+    is the best `ahe` trial over the --baselines-run directories."""
+    run_dir, identity = tmp_path / "run", tmp_path / "identity"
+    build_run(run_dir, [("a", BEST, 0.6, "completed")])
+    build_run(identity, [("i1", {**OTHER, "hvp": "identity"}, 0.7, "completed"),
+                         ("i2", {**BEST, "hvp": "identity", "w_cos": 0.2}, 0.5, "completed")])
+    _, methods, _ = _methods(run_dir, ["ahe"], [str(identity)], reference=None)
+    joined = methods[-1]
+    assert (joined.name, joined.source) == ("ahe", "baselines-run")
+    assert joined.values["hvp"] == "identity" and joined.values["w_cos"] == OTHER["w_cos"]
+    assert methods[0].values.get("hvp", TrainConfig.hvp) == TrainConfig.hvp
+
+
+def test_an_interrupted_evaluation_keeps_its_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A killed `gs-tune evaluate` leaves RUN_DIR/evaluation_runs.jsonl with the runs that ended; run
+    again, it keeps those whose method, seed and configuration are the same and retrains the rest."""
+    run_dir = tmp_path / "run"
+    build_run(run_dir, [("b", BEST, 0.61, "completed")])
+    space, methods, _ = _methods(run_dir, [], [], reference=None)
+    assert [m.name for m in methods] == ["ahe (tuned)", "ahe (tuned, w=0)", "ahe (default)"]
+    tasks = 10
+    kept = {"method": methods[0].name, "config_source": methods[0].source, "seed": EVAL_SEED_BASE,
+            "test_accuracy": 0.123456, "test_ci95": 0.01, "test_tasks": tasks, "sec_per_iter": 0.5,
+            "peak_memory_mb": 100.0, "params": {"algorithm": "ahe", "seed": EVAL_SEED_BASE}}
+    other_tasks = {**kept, "method": methods[1].name, "config_source": methods[1].source, "test_accuracy": 0.654321}
+    lines = [
+        json.dumps({"key": run_key(methods[0], EVAL_SEED_BASE,
+                                   _run_values(methods[0].values, EVAL_SEED_BASE, tasks, space.smoke)), "row": kept}),
+        # the w=0 run was made with other test tasks: it is not this evaluation's run
+        json.dumps({"key": run_key(methods[1], EVAL_SEED_BASE,
+                                   _run_values(methods[1].values, EVAL_SEED_BASE, tasks + 1, space.smoke)),
+                    "row": other_tasks}),
+        '{"key": "torn by a kill',
+    ]
+    journal = run_dir / EVALUATION_RUNS_FILE
+    journal.write_text("\n".join(lines))
+
+    evaluate_run(run_dir, baselines=[], seeds=1, tasks=tasks, reference=None, smoke=True,
+                 object_store_memory=200 * 2**20)
+
+    rows = {r["method"]: r for r in pq.read_table(run_dir / "evaluation.parquet").to_pylist()}
+    assert rows["ahe (tuned)"]["test_accuracy"] == 0.123456  # kept, not retrained
+    assert rows["ahe (tuned, w=0)"]["test_accuracy"] != 0.654321  # retrained
+    assert json.loads(rows["ahe (tuned, w=0)"]["params_json"])["test_tasks"] == tasks
+    assert 0.0 <= rows["ahe (default)"]["test_accuracy"] <= 1.0
+    assert "1 of 3 runs already done" in capsys.readouterr().out
+    assert not journal.exists()  # evaluation.parquet holds its runs now
