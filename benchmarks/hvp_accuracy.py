@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from meta_gradient_cost import AHE_MODES, LAYOUTS, code_version, run_worker
+from meta_gradient_cost import AHE_MODES, LAYOUTS, code_version, emit, run_worker
 from torch.func import grad, jvp
 
 from gs_tune.algorithms.ahe import similarity_direction, support_hvp
 from gs_tune.algorithms.common import autograd_grad, loss_only
 from gs_tune.config import HVP_MODES, AlgoHParams
 from gs_tune.data import TaskSampler, load_dataset
-from gs_tune.meta import make_loss_fn, meta_gradient
+from gs_tune.meta import make_loss_fn, meta_gradient, resolve_batching
 from gs_tune.models import build_model
 
 INNER_LR = 0.4
@@ -55,14 +55,14 @@ def flat(tree: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in tree.values()])
 
 
-def train(data, shots: int, iterations: int, seed: int, layout: str) -> torch.nn.Module:
+def train(data, shots: int, iterations: int, seed: int, layout: str, device: str) -> torch.nn.Module:
     """Conv-4 in float32 after ``iterations`` meta-iterations of AHE (default HVP) with Adam."""
     model = build_model("conv4", data.image_shape, 5, 32, torch.Generator().manual_seed(seed),
-                        channels_last=layout == "channels_last")
+                        channels_last=layout == "channels_last").to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     sampler, rng = TaskSampler(data.train, 5, shots, 15, "train"), np.random.default_rng(seed + 1)
     for _ in range(iterations):
-        grads, _ = meta_gradient(model, sampler.sample(4, rng), "ahe", inner_lr=INNER_LR, **WEIGHTS)
+        grads, _ = meta_gradient(model, sampler.sample(4, rng).to(device), "ahe", inner_lr=INNER_LR, **WEIGHTS)
         for name, p in model.named_parameters():
             p.grad = grads[name]
         optimiser.step()
@@ -85,7 +85,8 @@ def errors(model, tasks, variants: dict[str, AlgoHParams]) -> dict[str, np.ndarr
         g_q = autograd_grad(loss_only(fn))({k: theta[k] - INNER_LR * g_s[k] for k in theta}, xq, yq)
         u = similarity_direction(g_s, g_q, AlgoHParams(**WEIGHTS))
         u64 = {k: v.double() for k, v in u.items()}
-        ref = flat(jvp(lambda p: grad(lambda q: fn64(q, xs.double(), ys)[0])(p), (theta64,), (u64,))[1])
+        x64 = xs.double()
+        ref = flat(jvp(lambda p, x=x64, y=ys: grad(lambda q: fn64(q, x, y)[0])(p), (theta64,), (u64,))[1])
         for name, hp in variants.items():
             hu = flat(support_hvp(fn, theta, xs, ys, u, hp))
             out[name].append(float((hu - ref).norm() / ref.norm()))
@@ -101,18 +102,19 @@ def accuracy_section(data, args) -> tuple[list[str], dict]:
     sweep = {f"{mode} ε={eps:.0e}": AlgoHParams(hvp=mode, fd_eps=eps, batching="loop")
              for mode, values in SWEEP.items() for eps in values}
     lines = ["## Error per mode", "",
-             f"Conv-4 (32 filters) in float32, digits 5-way, {args.tasks} tasks; reference: exact HVP in float64. "
+             (f"Conv-4 (32 filters) in float32, digits 5-way, {args.tasks} tasks; reference: exact HVP in float64. "
              f"`trained`: after {args.train_iterations} meta-iterations of AHE (default HVP, Adam 1e-3). "
              f"{GRADIENT}: the float32 support gradient's own error against float64, the floor of every mode "
-             "computed in float32 kernels.", "",
+             "computed in float32 kernels."), "",
              "| layout | shots | θ | hvp | median | 90th pct | max |", "|---|---|---|---|---|---|---|"]
     found: dict = {}
     sweeps = {}
     for layout in args.layouts:
         for shots in args.shots:
-            tasks = TaskSampler(data.train, 5, shots, 15, "train").sample(args.tasks, np.random.default_rng(args.seed))
+            tasks = TaskSampler(data.train, 5, shots, 15, "train").sample(
+                args.tasks, np.random.default_rng(args.seed)).to(args.device)
             for state, iterations in (("init", 0), ("trained", args.train_iterations)):
-                model = train(data, shots, iterations, args.seed, layout)
+                model = train(data, shots, iterations, args.seed, layout, args.device)
                 sweeping = not iterations and layout == args.layouts[0]
                 errs = errors(model, tasks, {**modes, **sweep} if sweeping else modes)
                 for name in (GRADIENT, *HVP_MODES):
@@ -136,18 +138,19 @@ def paired(rounds: dict[str, list[float]], fn) -> float:
 
 def timing_section(args) -> tuple[list[str], dict]:
     methods = ["fomaml", *AHE_MODES]
-    lines = [f"## Seconds per meta-iteration (meta-batch 4, batching loop, {LAYOUTS[0]})", "",
-             "Seconds: median over rounds. Ratios: median over rounds of the ratio within a round (every method "
+    batching = resolve_batching("auto", torch.device(args.device))
+    lines = [f"## Seconds per meta-iteration ({args.device}, meta-batch 4, batching {batching}, {LAYOUTS[0]})", "",
+             ("Seconds: median over rounds. Ratios: median over rounds of the ratio within a round (every method "
              "ran once per round, back to back). HVP cost: (ahe − fomaml) / (ahe_fd32 − fomaml), the extra time "
-             "of each mode against the earlier default's.", "",
+             "of each mode against the earlier default's."), "",
              "| shots | K | " + " | ".join(methods) + " | " + " | ".join(f"{m}/fomaml" for m in AHE_MODES)
              + " | HVP cost: exact; fd |",
              "|---|---|" + "---|" * (2 * len(methods))]
     found = {}
     for shots in args.shots:
         for k in (1, 5):
-            spec = {"device": "cpu", "shots": shots, "steps": k, "reps": args.reps, "warmup": 2,
-                    "threads": args.threads, "entries": [[m, "loop", LAYOUTS[0]] for m in methods]}
+            spec = {"device": args.device, "shots": shots, "steps": k, "reps": args.reps, "warmup": 2,
+                    "threads": args.threads, "entries": [[m, batching, LAYOUTS[0]] for m in methods]}
             result = run_worker("timing", spec)
             rounds = {r[0]: t for r, t in zip(result["results"], result["rounds"])}
             seconds = {r[0]: r[3] for r in result["results"]}
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=15, help="timed meta-iterations per method")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (errors and timing)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the float32 model (and the float64 reference) run")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS,
                         help="model layouts for the error tables (timing: the default layout)")
     parser.add_argument("--skip-timing", action="store_true")
@@ -198,18 +203,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     lines = ["# AHE's Hessian-vector product: error and cost per mode", ""]
+    if args.device == "cuda":  # float32 convolutions may run in TF32 there: say which
+        lines += [(f"cuda: {torch.cuda.get_device_name()}, cudnn.allow_tf32 {torch.backends.cudnn.allow_tf32}, "
+                  f"matmul fp32 precision {torch.get_float32_matmul_precision()}"), ""]
     acc_lines, errs = accuracy_section(load_dataset("digits"), args)
     times: dict = {}
     time_lines: list[str] = []
     if not args.skip_timing:
         time_lines, times = timing_section(args)
     lines += acc_lines + [""] + time_lines + [""] + targets(errs, times, args)
-    lines += ["", f"(torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, load average "
-              f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end; {code_version()})"]
+    lines += ["", (f"(torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, load average "
+              f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end; {code_version()})")]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

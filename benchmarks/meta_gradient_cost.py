@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -69,7 +70,9 @@ OURS = {
 }
 HIGHER = {"higher_maml": False, "higher_fomaml": True}  # name -> first_order
 TABLE_METHODS = ["maml", "fomaml", "reptile", "ahe_exact", "ahe_fd"]  # every HVP mode: hvp_accuracy.py
-COLUMNS = [*TABLE_METHODS, *HIGHER]
+# higher is optional (the `bench` extra): without it its columns are left out
+HAS_HIGHER = importlib.util.find_spec("higher") is not None
+COLUMNS = [*TABLE_METHODS, *(HIGHER if HAS_HIGHER else ())]
 LAYOUTS = ("contiguous", "channels_last")  # the first is build_model's default
 
 
@@ -211,6 +214,28 @@ def _prepared_step(device, model, tasks, method: str, batching: str, steps: int)
     return step
 
 
+def round_robin(steps: dict, reps: int, device) -> dict:
+    """Seconds of ``reps`` calls of each step, one call of each per round in a rotating order, so
+    that a drift in machine speed hits every step alike; index r of each list is round r."""
+    keys = list(steps)
+    times: dict = {key: [] for key in keys}
+    for r in range(reps):
+        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            steps[key]()
+            _sync(device)
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a benchmark's markdown and, with --out, also write it there."""
+    print(text)
+    if out:
+        out.write_text(text)
+
+
 def timing_worker(spec: dict) -> dict:
     """Seconds per meta-iteration of several methods on one configuration, interleaved.
 
@@ -233,14 +258,7 @@ def timing_worker(spec: dict) -> dict:
     for e in entries:
         for _ in range(spec["warmup"]):
             steps[e]()
-    times: dict[tuple, list[float]] = {e: [] for e in entries}
-    for r in range(spec["reps"]):
-        for e in entries[r % len(entries):] + entries[: r % len(entries)]:
-            _sync(device)
-            t0 = time.perf_counter()
-            steps[e]()
-            _sync(device)
-            times[e].append(time.perf_counter() - t0)
+    times = round_robin(steps, spec["reps"], device)
     # "rounds": the raw times, one list per method, index r = round r, for ratios paired within a round
     return {"results": [[*e, statistics.median(t), min(t)] for e, t in times.items()],
             "rounds": [t for t in times.values()], "load": os.getloadavg()[0], "threads": torch.get_num_threads()}
@@ -299,8 +317,8 @@ def check_against_higher(device_name: str) -> dict[str, float]:
 
     from gs_tune.meta import meta_gradient
 
-    errors = {}
-    for method, ours in (("higher_maml", "maml"), ("higher_fomaml", "fomaml")):
+    errors: dict[str, float] = {}
+    for method, ours in (("higher_maml", "maml"), ("higher_fomaml", "fomaml")) if HAS_HIGHER else ():
         _, model, tasks = make_setup(device_name, shots=1, dtype=torch.float64)
         grads, _ = meta_gradient(model, tasks, ours, inner_lr=INNER_LR, inner_steps=2)
         for p in model.parameters():
@@ -436,7 +454,7 @@ def profile(args) -> str:
                                           inner_steps=k, batching="loop", **kw), reps)
                 plain = _median_ms(partial(autograd_meta_gradient, model, tasks, name, k), reps)
                 theirs = None
-                if name != "ahe_fd":
+                if name != "ahe_fd" and HAS_HIGHER:
                     theirs = _median_ms(partial(higher_meta_gradient, model, tasks, k, name == "fomaml"), reps)
                 lines.append(f"| {shots} | {k} | {name} | {ours:.0f} | {plain:.0f} | {fmt(theirs, 0)} | "
                              f"{ours / plain:.2f} | {fmt(ratio(ours, theirs), 2)} |")
@@ -486,15 +504,16 @@ def render(res: Results, args, ks, sanity, started, finished, threads) -> str:
     default = default_path(args)
     configs = [(shots, k) for shots in args.shots for k in ks]
     lines = ["# Meta-iteration cost: Conv-4 (32 filters, 28×28×1), 5-way, 15 queries, meta-batch 4", "",
-             f"device: {args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+             (f"device: {args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
              f"torch threads: {threads}, reps: {args.reps} (median, interleaved over the methods) after "
              f"{args.warmup} warm-up, float32, inner_lr {INNER_LR}; load average {started:.2f} at start, "
-             f"{finished:.2f} at end", "", f"code: {code_version()}, torch {args.torch_version}", "",
-             "`higher_*`: MAML / first-order MAML written with `higher.innerloop_ctx` (loop over tasks only), on "
+             f"{finished:.2f} at end"), "", f"code: {code_version()}, torch {args.torch_version}", "",
+             ("`higher_*`: MAML / first-order MAML written with `higher.innerloop_ctx` (loop over tasks only), on "
              "the same model and images in the same layout. ahe: w_cos 0.1, w_l2 0.01, correction at θ "
-             "(first_step); ahe_exact is the default HVP, ahe_fd the float64 finite difference.", "",
-             "Sanity: ‖ours − higher‖/‖higher‖ of the meta-gradient (float64, K=2): "
-             + ", ".join(f"{k} {v:.1e}" for k, v in sanity.items())]
+             "(first_step); ahe_exact is the default HVP, ahe_fd the float64 finite difference."), "",
+             ("Sanity: ‖ours − higher‖/‖higher‖ of the meta-gradient (float64, K=2): "
+              + ", ".join(f"{k} {v:.1e}" for k, v in sanity.items())) if sanity
+             else "`higher` is not installed here: its columns are left out."]
     rows = [[str(s_), str(k), path, *(fmt(res.get(s_, k, m, path)) for m in COLUMNS)]
             for s_, k in configs for path in paths]
     lines += _table("Seconds per meta-iteration", ["shots", "K", "path", *COLUMNS], rows)
@@ -569,7 +588,7 @@ def render_targets(res: Results, configs, ks, path: str) -> list[str]:
 def entries_for(args) -> list[list[str]]:
     out = []
     for method in COLUMNS:
-        for path, (batching, layout) in PATHS.items():
+        for batching, layout in PATHS.values():
             if batching in args.batching and layout in args.layouts and (method in OURS or batching == "loop"):
                 out.append([method, batching, layout])
     return out
@@ -597,13 +616,7 @@ def main(argv: list[str] | None = None) -> None:
         worker = timing_worker if args.timing_worker else memory_worker
         print(json.dumps(worker(json.loads(args.timing_worker or args.memory_worker))))
         return
-    if args.profile:
-        text = profile(args)
-    else:
-        text = measure(args)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(profile(args) if args.profile else measure(args), args.out)
 
 
 def measure(args) -> str:

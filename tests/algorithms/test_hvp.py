@@ -86,8 +86,8 @@ def _errors(data, tasks, iterations: int, layout: str) -> dict[str, np.ndarray]:
     for t in range(NUM_TASKS):
         xs, ys, xq, yq = (tensor[t] for tensor in tasks)
         g_s = autograd_grad(loss_only(loss_fn))(theta, xs, ys)
-        g_ref = flat(grad(lambda q: make_loss_fn(model64)(q, xs.double(), ys)[0])(
-            {k: p.detach() for k, p in model64.named_parameters()}))
+        g_ref = flat(autograd_grad(loss_only(make_loss_fn(model64)))(
+            {k: p.detach() for k, p in model64.named_parameters()}, xs.double(), ys))
         out["gradient"].append(float((flat(g_s) - g_ref).norm() / g_ref.norm()))
         adapted = {k: theta[k] - 0.4 * g_s[k] for k in theta}
         g_q = autograd_grad(loss_only(loss_fn))(adapted, xq, yq)
