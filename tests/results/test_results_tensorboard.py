@@ -130,3 +130,15 @@ def test_logged_scalars_are_on_disk_before_close(tmp_path: Path) -> None:
     board.log(val_record(20, 0.6, 0.2))
     assert [e.step for e in _load(tmp_path / "run").Scalars("val/accuracy")] == [10, 20]
     board.suspend()
+
+
+def test_masked_crc32c_is_tensorboards() -> None:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+
+    from gs_tune.results.tensorboard import masked_crc32c
+
+    rng = np.random.default_rng(0)
+    for length in [*range(20), 63, 64, 65, 150, 1000]:
+        data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+        assert masked_crc32c(data) == reference(data), length
+    assert masked_crc32c(b"123456789") == reference(b"123456789")
