@@ -42,9 +42,11 @@ class AlgoHParams:
     """α: SGD step size of the inner (task-adaptation) loop."""
     inner_steps: int = 1
     """K: inner SGD steps on the support set."""
-    w_cos: float = 0.0
-    """Weight of the cosine term w_cos·(1 − cos(g_S, g_Q)) (ahe only)."""
-    w_l2: float = 0.0
+    w_cos: float = 0.3
+    """Weight of the cosine term w_cos·(1 − cos(g_S, g_Q)) (ahe only). The defaults 0.3 / 0.01 are
+    what `gs-tune train --algorithm ahe` runs without a search: non-zero, so untuned AHE is the
+    method, not first-order MAML (chosen on validation, benchmarks/default_weights.py, BENCHMARKS §2)."""
+    w_l2: float = 0.01
     """Weight of the squared-error term w_l2·‖g_S − g_Q‖² (ahe only)."""
     w_dot: float = 0.0
     """Weight of the dot term −w_dot·⟨g_S, g_Q⟩; w_dot = inner_lr recovers MAML at K = 1."""
@@ -61,7 +63,8 @@ class AlgoHParams:
     ahe_at: str = "first_step"
     """Apply the correction at θ only, or sum it over every inner iterate θ_k."""
     ahe_scale: float = 1.0
-    """λ at this meta-iteration (the trainer applies the schedule before calling)."""
+    """λ, the scale of the correction; in a run's config λ₀, the peak of the ahe_schedule that the
+    trainer applies at each meta-iteration."""
     ahe_clip: float | None = None
     """ρ: clip ‖λ·H·u‖ to ρ·‖g_Q‖ per task; None disables clipping."""
     batching: str = "auto"

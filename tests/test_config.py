@@ -98,3 +98,9 @@ def test_reptile_with_one_inner_step_is_refused():
     with pytest.raises(ConfigError, match=r"^inner_steps: reptile with 1 inner step is joint training"):
         train_config(algorithm="reptile", inner_steps=1)
     assert train_config(algorithm="reptile", inner_steps=5).inner_steps == 5
+
+
+def test_the_default_ahe_config_has_a_correction():
+    cfg = train_config(algorithm="ahe")
+    assert cfg.w_cos > 0 and cfg.w_l2 > 0
+    assert cfg.algo_hparams().has_correction
