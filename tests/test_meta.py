@@ -157,3 +157,17 @@ def test_evaluation_is_the_same_in_either_layout(batch_norm):
     b_loss, b_acc = adapt_and_evaluate(nhwc, tasks, 0.2, 2, batch_norm=batch_norm)
     torch.testing.assert_close(b_loss, a_loss, rtol=1e-10, atol=1e-12)
     assert torch.equal(b_acc, a_acc)
+
+
+def test_default_ahe_hparams_give_a_nonzero_correction():
+    """The engine side of the default: with no weights given the correction is there (not FOMAML)."""
+    from gs_tune.config import train_config
+
+    hp = train_config({"algorithm": "ahe"}).algo_hparams()
+    assert hp.w_cos > 0 and hp.has_correction
+    conv = build_model("conv4", (1, 16, 16), 5, 4, torch.Generator().manual_seed(0)).double()
+    tasks = random_tasks(2)
+    grads, stats = meta_gradient(conv, tasks, "ahe", hp)
+    fomaml, _ = meta_gradient(conv, tasks, "fomaml", hp)
+    assert float(stats["correction_norm"]) > 0.01 * float(stats["grad_norm"])
+    assert not torch.allclose(grads["head.weight"], fomaml["head.weight"])
