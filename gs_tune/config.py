@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import itertools
 import math
 import textwrap
 import typing
@@ -297,7 +298,7 @@ def field_docs(cls: type = TrainConfig) -> dict[str, str]:
             body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
         except (OSError, TypeError):
             continue  # no source (frozen app): --help then shows defaults only
-        for node, after in zip(body, body[1:]):
+        for node, after in itertools.pairwise(body):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                     and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                     and isinstance(after.value.value, str)):

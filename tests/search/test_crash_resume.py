@@ -14,6 +14,7 @@ complete and consistent:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -80,10 +81,11 @@ class Driver:
     def __init__(self, argv: list[str], tmp: Path, script: str | None = None, env: dict | None = None):
         ray_tmp = tempfile.mkdtemp(prefix="gst", dir="/tmp")  # short: Ray's socket paths are limited
         cmd = [sys.executable, "-c", script, *argv] if script else [sys.executable, "-m", "gs_tune.cli", *argv]
-        self.proc = subprocess.Popen(
-            cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(tmp / "driver.err", "ab"),
-            env={**os.environ, "TMPDIR": ray_tmp, "GS_TUNE_OBJECT_STORE_MB": "150", **(env or {})},
-        )
+        with open(tmp / "driver.err", "ab") as err:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err,
+                env={**os.environ, "TMPDIR": ray_tmp, "GS_TUNE_OBJECT_STORE_MB": "150", **(env or {})},
+            )
 
     def wait_for(self, condition, what: str, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
@@ -165,7 +167,7 @@ def test_three_hard_kills_then_resume_complete_a_consistent_search(tmp_path):
     assert len(keys) == len(set(keys))
 
     for tid, runs in _reports_by_run(run_dir).items():
-        for before, after in zip(runs, runs[1:]):
+        for before, after in itertools.pairwise(runs):
             last = before[-1]["iteration"]
             if last == ITERATIONS:  # it had finished: later runs only re-say the final result
                 assert {r["iteration"] for r in after} == {ITERATIONS}, tid
