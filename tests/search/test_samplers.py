@@ -131,7 +131,7 @@ def test_sample_to_config_merges_and_drops_inactive_conditionals():
     cfg = sample_to_config(space, {"algorithm": "ahe", "w_cos": 0.1, "ahe_clip": 2.0})
     assert (cfg.algorithm, cfg.w_cos, cfg.ahe_clip) == ("ahe", 0.1, 2.0)
     cfg = sample_to_config(space, {"algorithm": "maml", "w_cos": 0.1, "ahe_clip": None})
-    assert (cfg.algorithm, cfg.w_cos, cfg.ahe_clip) == ("maml", 0.0, None)
+    assert (cfg.algorithm, cfg.w_cos, cfg.ahe_clip) == ("maml", TrainConfig().w_cos, None)  # the default
     with pytest.raises(ConfigError):
         sample_to_config(space, {"algorithm": "ahe", "w_cos": -1.0})
 
