@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from gs_tune.search.runner import launch
 
 STORE = 100 * 2**20
 SPACE = """
@@ -47,6 +47,18 @@ def gpu_node():
         cluster.shutdown()
 
 
+def _launch(space: Path, name: str, address: str, *extra: str) -> Path:
+    """gs-tune launch in a process of its own, as a user runs it (and so that joining this
+    module's cluster leaves no Ray state behind in the test process)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gs_tune.cli", "launch", "--space", str(space), "--name", name,
+         "--runs-dir", str(space.parent), "--address", address, *extra],
+        check=False, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return space.parent / name
+
+
 def _reports(run_dir: Path) -> dict[str, list[dict]]:
     return {p.parent.name: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
             for p in (run_dir / "tune").glob("*/result.json")}
@@ -56,7 +68,7 @@ def _reports(run_dir: Path) -> dict[str, list[dict]]:
 def test_half_a_gpu_each_packs_two_trials_on_one_declared_gpu(gpu_node, tmp_path):
     space = tmp_path / "gpu.yaml"
     space.write_text(SPACE)
-    run_dir = launch(str(space), name="packed", runs_dir=tmp_path, address=gpu_node, trial_device="cpu")
+    run_dir = _launch(space, "packed", gpu_node, "--trial-device", "cpu")
     trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
     assert [t["status"] for t in trials] == ["completed", "completed"]
     assert all(t["device"] == "cpu" for t in trials)
@@ -72,7 +84,7 @@ def test_half_a_gpu_each_packs_two_trials_on_one_declared_gpu(gpu_node, tmp_path
 def test_a_trial_given_a_gpu_torch_cannot_see_fails_with_one_clear_line(gpu_node, tmp_path):
     space = tmp_path / "gpu.yaml"
     space.write_text(SPACE.replace("num_samples: 2", "num_samples: 1"))
-    run_dir = launch(str(space), name="unseen", runs_dir=tmp_path, address=gpu_node)
+    run_dir = _launch(space, "unseen", gpu_node)
     (trial,) = pq.read_table(run_dir / "trials.parquet").to_pylist()
     assert trial["status"] == "error"
     error = trial["error"]
