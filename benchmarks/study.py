@@ -1,85 +1,451 @@
-"""Print the study's tables (BENCHMARKS.md §4) from its run directories, so none is typed by hand.
+"""Print BENCHMARKS.md §4 (the second study) from its run directories and draw its plots.
 
-    python benchmarks/study.py --search RUN --baselines RUN [RUN ...] [--top 4] [--out FILE]
+    python benchmarks/study.py --runs RUNS_DIR [--plots DIR] [--out FILE]
 
-RUN directories are what `gs-tune launch` made (benchmarks/study.sh lists the commands); the
-test-split table is read from the search run's evaluation.parquet (`gs-tune evaluate`).
-Printed per run: trials by status, wall time (first trial start to last trial end, from the
-Optuna study), the top trials with their searched parameters, Optuna's fANOVA importances; per
-baseline algorithm its best trial; then the evaluation table.
+RUNS_DIR is what benchmarks/study.sh made; its study.tsv names every run by setting and role (ahe,
+ahe_identity, maml, fomaml, reptile, ahe_seed2), and each setting's evaluation is the ahe run's
+evaluation.parquet (`gs-tune evaluate`). Nothing is typed by hand: every figure below comes from
+those files. Printed, as Markdown: the protocol as the runs record it (with any difference in
+budget between them), then per setting the test table, the paired differences from tuned
+first-order MAML, the tuning gain over untuned AHE and the Hessian question; the efficiency table
+at K = 5 with its Pareto plot; the learning curves of each method's best trial; the parameter
+importances of the AHE searches with their spread. It works on a study that has not finished: what
+is missing is said so. Plots (PNG) go to --plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
+import platform
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import optuna
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from gs_tune.results.analysis import DEFAULT_OBJECTIVE, param_importances, rank, searched_params
-from gs_tune.results.evaluation import CI_NOTE, markdown_table
-from gs_tune.results.schema import PARAM_PREFIX
-from gs_tune.results.summary import fmt, status_counts
-from gs_tune.results.tables import read_evaluation, read_trials
-from gs_tune.rundir import EVALUATION_FILE, read_run
+from gs_tune.config import TrainConfig
+from gs_tune.results.analysis import open_study, param_importances, pareto_mask
+from gs_tune.results.evaluation import (
+    CI_NOTE,
+    PAIRS_NOTE,
+    MethodResult,
+    PairResult,
+    markdown_pairs,
+    markdown_table,
+    method_notes,
+    method_results,
+    over_label,
+    paired_results,
+)
+from gs_tune.results.report import curves_data, draw_evaluation, draw_pairs
+from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
+from gs_tune.rundir import EVALUATION_FILE, FINISHED, METRICS_FILE, TRIALS_FILE, read_run, read_space
+
+Rows = list[dict[str, Any]]
+MANIFEST = "study.tsv"
+INVOCATIONS = "study.invocations"  # study.sh appends date, commit, clean | gs_tune/ edited
+K5 = "5w1s_k5"  # the setting of the efficiency question
+IMPORTANCE_PAIR = ("ahe", "ahe_seed2")  # two searches of one space, two sampler seeds
+ALGORITHM_NAMES = {"ahe": "AHE", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
+PEAK_NOTE = ("peak MB is the retraining process's peak resident memory (the highest over seeds), the "
+             "Python, torch and Ray runtime included; §1 gives each method's own extra memory")
 
 
-def _acc(row: dict[str, Any]) -> str:
-    ci = row.get("final_val_ci95")
-    best = row["best_val_accuracy"] * 100
-    # the CI belongs to the final validation; it is shown when the best one is the final one
-    return f"{best:.1f}%" + (f" ± {ci * 100:.1f}" if ci is not None and row["best_val_accuracy"] ==
-                             row.get("final_val_accuracy") else "")
+# --- reading the study ------------------------------------------------------------------------
 
 
-def _wall_minutes(run_dir: Path) -> float | None:
-    info = read_run(run_dir)
-    study = optuna.load_study(study_name=info.study_name, storage=info.optuna_storage)
-    starts = [t.datetime_start for t in study.trials if t.datetime_start]
-    ends = [t.datetime_complete for t in study.trials if t.datetime_complete]
-    return (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else None
+@dataclasses.dataclass
+class Study:
+    runs_dir: Path
+    mode: str  # full | smoke
+    code: list[tuple[str, str, str]]  # (date, commit, clean | gs_tune/ edited) of each study.sh run
+    settings: dict[str, dict[str, Path]]  # setting -> role -> run directory, in study.sh's order
 
 
-def run_summary(run_dir: Path, top: int) -> list[str]:
-    rows = read_trials(run_dir).to_pylist()
-    params = [p for p in searched_params(run_dir, rows) if p != PARAM_PREFIX + "algorithm"]
-    fixed = rows[0] if rows else {}
-    counts = ", ".join(f"{n} {s}" for s, n in status_counts(rows).items())
-    wall = _wall_minutes(run_dir)
-    md = [(f"### `{run_dir.name}`: {fixed.get('param_algorithm', '?')} "
-          f"{fixed.get('param_ways')}-way {fixed.get('param_shots')}-shot, query {fixed.get('param_query')}"),
-          "", f"{len(rows)} trials ({counts}); wall {fmt(wall, 3)} min.", ""]
-    names = [p[len(PARAM_PREFIX):] for p in params]
-    md += ["| trial | status | iterations | best val acc | " + " | ".join(names) + " |",
-           "|---|---|---|---|" + "---|" * len(names)]
-    for r in rank(rows, DEFAULT_OBJECTIVE)[:top]:
-        md.append(f"| {r['trial_id']} | {r['status']} | {r['iterations']} | {_acc(r)} | "
-                  + " | ".join(fmt(r.get(p), 3) for p in params) + " |")
-    importances, note = param_importances(run_dir)
-    if importances:
-        md += ["", f"Importances ({note}): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items())]
+def read_study(runs_dir: Path) -> Study:
+    lines = (runs_dir / MANIFEST).read_text().splitlines()
+    mode = lines[0].split("\t")[1]
+    settings: dict[str, dict[str, Path]] = {}
+    for line in lines[1:]:
+        setting, role, name = line.split("\t")
+        settings.setdefault(setting, {})[role] = runs_dir / name
+    log = runs_dir / INVOCATIONS
+    code = [tuple(line.split("\t")) for line in log.read_text().splitlines()] if log.is_file() else []
+    return Study(runs_dir, mode, code, settings)
+
+
+def _code_line(study: Study) -> str:
+    versions = sorted({(commit, state) for _, commit, state in study.code})
+    text = "; ".join(f"{c} ({s})" for c, s in versions) or "unknown"
+    where = f"study.sh ran {len(study.code)} time(s), {study.code[0][0]} to {study.code[-1][0]}, at " if study.code else ""
+    deviation = len(versions) > 1 or any(s != "clean" for _, s in versions)
+    return f"{where}commit {text}" + (" — **deviation: not one unchanged version of the code**" if deviation else "")
+
+
+def trials(run: Path) -> Rows:
+    return read_trials(run).to_pylist() if (run / TRIALS_FILE).is_file() else []
+
+
+def best_trial(rows: Rows) -> dict[str, Any] | None:
+    """The trial `gs-tune evaluate` retrains: the finished one with the highest best_val_accuracy."""
+    done = [r for r in rows if r["status"] in FINISHED and _finite(r.get("best_val_accuracy"))]
+    return max(done, key=lambda r: r["best_val_accuracy"]) if done else None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _params(row: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(row["params_json"]) if row.get("params_json") else {}
+
+
+def label(row: Mapping[str, Any]) -> str:
+    """What an evaluation row is, in the study's words (evaluate names the identity-HVP AHE, a
+    baselines run there, plain `ahe`)."""
+    p, source = _params(row), row.get("config_source")
+    algo = p.get("algorithm", str(row["method"]).split(" ")[0])
+    name = ALGORITHM_NAMES.get(algo, algo)
+    if algo == "ahe":
+        name += f", {p.get('hvp', TrainConfig.hvp)} HVP"
+    if algo == "reptile":
+        name += f", K={p.get('inner_steps')}"
+    if source == "tuned-ablation":
+        return "AHE, w=0 ablation"  # the table's notes and the plots' labels say what it is
+    return f"{name} ({'untuned' if source == 'default' else 'tuned'})"
+
+
+def _own_rows(study: Study, setting: str) -> Rows | None:
+    run = study.settings[setting].get("ahe")
+    if run is None or not (run / EVALUATION_FILE).is_file():
+        return None
+    return [{**r, "method": label(r)} for r in read_evaluation(run).to_pylist()]
+
+
+def _is_baseline(row: Mapping[str, Any], algorithm: str) -> bool:
+    return row.get("config_source") == "baselines-run" and _params(row).get("algorithm") == algorithm
+
+
+def evaluation(study: Study, setting: str) -> Rows | None:
+    """The setting's evaluation rows with the study's method labels; None before it has run.
+
+    A Reptile search shared by two settings (its K is its own) is retrained once, in the first
+    setting's evaluation: the second setting borrows those rows. They are the same runs it would
+    make (same configuration, seeds and test tasks), and paired_results checks the test tasks.
+    """
+    rows = _own_rows(study, setting)
+    reptile = study.settings[setting].get("reptile")
+    if rows is None or reptile is None or any(_is_baseline(r, "reptile") for r in rows):
+        return rows
+    for other, roles in study.settings.items():
+        if other != setting and roles.get("reptile") == reptile:
+            borrowed = [r for r in _own_rows(study, other) or [] if _is_baseline(r, "reptile")]
+            rows += [{**r, "method": f"{r['method']} [runs of {other}]"} for r in borrowed]
+    return rows
+
+
+def _find(rows: Rows, source: str, algorithm: str) -> str | None:
+    """The label of the row with this config_source and algorithm (rows are one evaluation's)."""
+    return next((str(r["method"]) for r in rows
+                 if r.get("config_source") == source and _params(r).get("algorithm") == algorithm), None)
+
+
+# --- protocol ---------------------------------------------------------------------------------
+
+
+def _budget(run: Path) -> dict[str, str]:
+    """The settings that must be equal across the study's searches, as the run recorded them."""
+    space = read_space(run)
+    asha = space.scheduler
+    ranges = {p.name: json.dumps(p.to_dict()[p.kind]) for p in space.params if p.name in ("inner_lr", "outer_lr")}
+    sampler = ", ".join([space.sampler, *(f"{k} {v}" for k, v in space.sampler_options.items())])
+    return {
+        "trials": str(space.num_samples), "at once": str(space.max_concurrent), "sampler": sampler,
+        "iterations": str(space.fixed.get("iterations")), "val every": str(space.fixed.get("val_every")),
+        "val tasks": str(space.fixed.get("val_tasks")),
+        "ASHA": "none" if asha is None else f"grace {asha.grace_period}, factor {asha.reduction_factor:g}",
+        "inner_lr": ranges.get("inner_lr", "fixed"), "outer_lr": ranges.get("outer_lr", "fixed"),
+    }
+
+
+def _search_hours(run: Path) -> str:
+    """Span of the search, first trial start to last trial end (its Optuna study), pauses included."""
+    with open_study(run) as (study, _):
+        if study is None:
+            return "-"
+        starts = [t.datetime_start for t in study.trials if t.datetime_start]
+        ends = [t.datetime_complete for t in study.trials if t.datetime_complete]
+        return f"{(max(ends) - min(starts)).total_seconds() / 3600:.2f}" if starts and ends else "-"
+
+
+def _run_line(setting: str, role: str, run: Path) -> str:
+    if not (run / "run.json").is_file():
+        return f"| {setting} | {role} | `{run.name}` | | not started | | | | |"
+    space, info, rows = read_space(run), read_run(run), trials(run)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    by = ", ".join(f"{n} {s}" for s, n in counts.items())
+    k = space.fixed.get("inner_steps", "searched" if "inner_steps" in info.params else TrainConfig.inner_steps)
+    trial_hours = sum(r["wall_seconds"] or 0.0 for r in rows) / 3600
+    return (f"| {setting} | {role} | `{run.name}` | {k} | {len(rows)}/{space.num_samples}: {by} | "
+            f"{', '.join(info.params)} | {info.sampler_seed} | {_search_hours(run)} | {trial_hours:.2f} |")
+
+
+def protocol(study: Study) -> list[str]:
+    md = ["### Protocol, as the run directories record it", "",
+          (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python "
+          f"{platform.python_version()}; mode **{study.mode}**; {_code_line(study)}."), "",
+          ("| setting | role | run | K | trials (ended: by status) | searched | sampler seed | search span h "
+          "| trial hours |"), "|---|---|---|---|---|---|---|---|---|"]
+    budgets: dict[str, set[str]] = {}
+    for setting, roles in study.settings.items():
+        for role, run in roles.items():
+            md.append(_run_line(setting, role, run))
+            if (run / "space.yaml").is_file():
+                budgets.setdefault(json.dumps(_budget(run)), set()).add(run.name)
+    md += ["", ("search span: first trial start to last trial end, pauses included; trial hours: the trials' "
+               "wall time summed (two ran at a time, one core each)."), ""]
+    for budget, names in budgets.items():
+        items = "; ".join(f"{k} {v}" for k, v in json.loads(budget).items())
+        who = "every search" if len(budgets) == 1 else ", ".join(f"`{n}`" for n in sorted(names))
+        md.append(f"- Budget of {who}: {items}.")
+    if len(budgets) > 1:
+        md.append("- **Deviation: the searches above do not share one budget.**")
     return md
+
+
+# --- test split ---------------------------------------------------------------------------------
+
+
+def _pairs_for(rows: Rows, reference: str | None, methods: Sequence[str | None]) -> list[PairResult]:
+    if reference is None:
+        return []
+    return [p for p in paired_results(rows, reference) if p.method in methods]
+
+
+def test_section(study: Study, setting: str, plots: Path) -> list[str]:
+    rows = evaluation(study, setting)
+    md = [f"#### Test split: `{study.settings[setting]['ahe'].name}/evaluation.parquet`", ""]
+    if rows is None:
+        return md + ["Not evaluated yet."]
+    first = _params(rows[0])
+    md[0] += (f" ({first.get('test_tasks')} test tasks per seed, retrained on "
+              f"{first.get('meta_train_splits')}, {first.get('iterations')} meta-iterations)")
+    results = method_results(rows)
+    md += [*markdown_table(rows), "", CI_NOTE + "; " + PEAK_NOTE + ".", "",
+           *(f"- {note}" for note in method_notes(rows)), ""]
+    fomaml = _find(rows, "baselines-run", "fomaml")
+    exact, untuned = _find(rows, "tuned", "ahe"), _find(rows, "default", "ahe")
+    identity = _find(rows, "baselines-run", "ahe")
+    ablation = _find(rows, "tuned-ablation", "ahe")
+    others = [r.method for r in results if r.method != fomaml]
+    for title, ref, shown in (
+            ("Paired differences from tuned first-order MAML", fomaml, others),
+            ("Tuning gain: tuned AHE minus untuned AHE", untuned, [exact, identity]),
+            ("Does the Hessian matter? Minus AHE with the exact HVP", exact, [identity, ablation])):
+        pairs = _pairs_for(rows, ref, shown)
+        md += [f"**{title}** (percentage points){_weights_note(rows, ref) if ref == untuned else ''}:", ""]
+        md += markdown_pairs(pairs) if pairs else [f"no pair: {ref or 'the reference'} is not in the evaluation"]
+        md.append("")
+    md += [PAIRS_NOTE + ".", ""]
+    bars = draw_evaluation(results, plots / f"test_{setting}.png")
+    pairs = _pairs_for(rows, fomaml, others)
+    diff = draw_pairs(pairs, plots / f"pairs_{setting}.png", {r.method: r.source for r in results})
+    return md + [f"![test]({bars}) ![pairs]({diff})"]
+
+
+def _weights_note(rows: Rows, method: str | None) -> str:
+    """What untuned AHE's similarity weights are: with TrainConfig's defaults at 0 it has no correction."""
+    p = next((_params(r) for r in rows if r["method"] == method), {})
+    w = {k: p.get(k) for k in ("w_cos", "w_l2", "w_dot")}
+    if w and not any(w.values()):
+        return (" (untuned AHE takes TrainConfig's default weights, all 0 here: it is first-order MAML at the "
+                "default step sizes, so this is the gain of the whole tuned configuration)")
+    return ""
+
+
+# --- efficiency at K = 5 -------------------------------------------------------------------------
+
+
+def _figure(width: float = 6.4, height: float = 4.0) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def efficiency(study: Study, plots: Path) -> list[str]:
+    md = [f"### Efficiency at K = 5 (`{K5}`)", ""]
+    rows = evaluation(study, K5) if K5 in study.settings else None
+    if rows is None:
+        return md + ["Not evaluated yet."]
+    iterations = int(_params(rows[0])["iterations"])
+    k1 = {r.method: r.sec_per_iter for r in method_results(evaluation(study, "5w1s_k1") or [])}
+    results = [r for r in method_results(rows) if r.interval is not None and r.sec_per_iter is not None]
+    front = pareto_mask([(r.interval.mean, r.sec_per_iter) for r in results], ["max", "min"])
+    md += [(f"| method | test accuracy | 95% t-interval over | s / meta-iteration | × its K = 1 cost | "
+           f"training time for {iterations} iterations (min) | peak MB | Pareto-optimal |"),
+           "|---|---|---|---|---|---|---|---|"]
+    for r, on in zip(results, front):
+        same = next((v for m, v in k1.items() if _k_free(m) == _k_free(r.method)), None)
+        ratio = f"{r.sec_per_iter / same:.2f}" if same else "-"
+        md.append(f"| {r.method} | {r.interval.mean * 100:.2f}% ± {r.interval.half_width * 100:.2f} | "
+                  f"{over_label(r.interval)} | {r.sec_per_iter:.3f} | {ratio} | "
+                  f"{r.sec_per_iter * iterations / 60:.1f} | {r.peak_memory_mb or 0:.0f} | {'yes' if on else ''} |")
+    md += ["", ("s / meta-iteration: the retraining's mean over seeds, one CPU core per run, two runs at a time; "
+               "× its K = 1 cost: over the same method's row at 5w1s_k1 (Reptile searches its own K in both). "
+               "Pareto-optimal: no other method is both more accurate (mean) and cheaper per iteration; the "
+               "intervals say which accuracy differences the data can tell."), ""]
+    path = _draw_pareto(results, front, iterations, _search_points(study), plots / f"pareto_{K5}.png")
+    return md + [f"![pareto]({path})"]
+
+
+def _k_free(method: str) -> str:
+    """A label without Reptile's K, which differs between the settings' evaluations only if tuned so."""
+    return method.split(", K=")[0]
+
+
+def _search_points(study: Study) -> dict[str, list[tuple[float, float]]]:
+    """(sec_per_iter, best_val_accuracy) of every search trial at K = 5 that ran all its iterations."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for role, run in study.settings.get(K5, {}).items():
+        for r in trials(run):
+            if r["status"] == "completed" and _finite(r.get("sec_per_iter")) and _finite(r.get("best_val_accuracy")):
+                out.setdefault(role, []).append((r["sec_per_iter"], r["best_val_accuracy"]))
+    return out
+
+
+def _draw_pareto(results: Sequence[MethodResult], front: Sequence[bool], iterations: int,
+                 search: Mapping[str, list[tuple[float, float]]], path: Path) -> Path:
+    fig = _figure(12.0, 4.6)
+    ax, bx = fig.subplots(1, 2)
+    for i, r in enumerate(results):
+        minutes = r.sec_per_iter * iterations / 60
+        ax.errorbar(minutes, r.interval.mean * 100, yerr=r.interval.half_width * 100, fmt="o", capsize=4,
+                    color=f"C{i}", label=r.method)
+    pts = sorted((r.sec_per_iter * iterations / 60, r.interval.mean * 100) for r, on in zip(results, front) if on)
+    if pts:
+        ax.step(*zip(*pts), where="post", color="grey", ls="--", lw=1, label="Pareto front")
+    if results:  # the seeds' t-intervals can reach past 0-100%: the axis stops there
+        widths = [0.0 if math.isnan(r.interval.half_width) else r.interval.half_width for r in results]
+        ax.set_ylim(max(0.0, min(r.interval.mean - w for r, w in zip(results, widths)) * 100 - 2),
+                    min(100.0, max(r.interval.mean + w for r, w in zip(results, widths)) * 100 + 2))
+    ax.legend(fontsize="x-small")
+    ax.set(xlabel=f"training wall-clock for {iterations} meta-iterations (min, one core)",
+           ylabel="test accuracy (%)", title="Test split: mean ± 95% t-interval over seeds")
+    every = [(x, y) for pts_ in search.values() for x, y in pts_]
+    for i, (role, pts_) in enumerate(search.items()):
+        bx.scatter([p[0] for p in pts_], [p[1] * 100 for p in pts_], s=18, color=f"C{i}", label=role)
+    if every:
+        mask = pareto_mask([(y, x) for x, y in every], ["max", "min"])
+        fx = sorted((x, y * 100) for (x, y), on in zip(every, mask) if on)
+        bx.step(*zip(*fx), where="post", color="grey", ls="--", lw=1, label="Pareto front")
+        bx.legend(fontsize="x-small")
+    bx.set(xlabel="s / meta-iteration (search trial)", ylabel="best validation accuracy (%)",
+           title="Search trials that ran every iteration")
+    fig.savefig(path)
+    return path
+
+
+# --- learning curves and importances ---------------------------------------------------------------
+
+
+def curves(study: Study, setting: str, plots: Path) -> list[str]:
+    """Validation accuracy against iteration of each method's best trial, and how much it still
+    moved over the second half of training."""
+    md = ["| search | best trial | status | val accuracy at the end | at half-way | second-half change (pp) |",
+          "|---|---|---|---|---|---|"]
+    fig = _figure()
+    ax = fig.add_subplot()
+    for role, run in study.settings[setting].items():
+        rows = trials(run)
+        best = best_trial(rows)
+        if best is None or not (run / METRICS_FILE).is_file():
+            md.append(f"| `{run.name}` | - | no finished trial | | | |")
+            continue
+        curve = curves_data([best], read_metrics(run))[0]
+        its, acc = curve.iterations, curve.val_accuracy
+        half = min(range(len(its)), key=lambda i: abs(its[i] - its[-1] / 2))
+        ci = best.get("final_val_ci95")
+        end = f"{acc[-1] * 100:.1f}%" + (f" ± {ci * 100:.1f} (over {read_space(run).fixed.get('val_tasks')} "
+                                          "val tasks)" if _finite(ci) else "")
+        md.append(f"| `{run.name}` | {best['trial_id']} | {best['status']} ({its[-1]} it.) | {end} | "
+                  f"{acc[half] * 100:.1f}% (it. {its[half]}) | {(acc[-1] - acc[half]) * 100:+.1f} |")
+        ax.plot(its, [a * 100 for a in acc], marker="o", ms=3, label=f"{role} ({best['trial_id']})")
+    ax.legend(fontsize="small")
+    ax.set(xlabel="meta-iteration", ylabel="validation accuracy (%)",
+           title=f"{setting}: best trial of each search (val split)")
+    path = plots / f"curves_{setting}.png"
+    fig.savefig(path)
+    return md + ["", ("A second-half change within the validation interval means the curve has flattened "
+                     "at this budget."), "", f"![curves]({path})"]
+
+
+def importances(study: Study, plots: Path) -> list[str]:
+    """fANOVA importances of every AHE search; the spread between the two searches of one space."""
+    found: dict[str, tuple[dict[str, float], str]] = {}
+    for roles in study.settings.values():
+        for role in ("ahe", "ahe_identity", "ahe_seed2"):
+            if role in roles and (roles[role] / "study.db").is_file():
+                values, note = param_importances(roles[role])
+                found[roles[role].name] = (values or {}, note)
+    md = ["### Parameter importances of the AHE searches", ""]
+    if not found:
+        return md + ["No AHE search yet."]
+    params = sorted({p for values, _ in found.values() for p in values})
+    md += ["| search | " + " | ".join(params) + " | what |", "|---|" + "---|" * (len(params) + 1)]
+    for name, (values, note) in found.items():
+        md.append(f"| `{name}` | " + " | ".join(f"{values[p]:.2f}" if p in values else "-" for p in params)
+                  + f" | {note} |")
+    pair = [study.settings.get("5w1s_k1", {}).get(r) for r in IMPORTANCE_PAIR]
+    if all(p is not None and found.get(p.name, ({}, ""))[0] for p in pair):
+        a, b = (found[p.name][0] for p in pair)
+        md += ["| spread: abs difference | " + " | ".join(
+            f"{abs(a.get(p, 0) - b.get(p, 0)):.2f}" for p in params) + " | between the two 5w1s_k1 searches |"]
+        md += ["", f"![importances]({_draw_importances(params, pair, a, b, plots)})"]
+    return md + ["", ("Importances are normalised to sum to 1 per search; two searches of one space that "
+                     "differ only in the sampler seed show how far one search's values can be trusted.")]
+
+
+def _draw_importances(params: Sequence[str], runs: Sequence[Path], a: Mapping[str, float],
+                      b: Mapping[str, float], plots: Path) -> Path:
+    fig = _figure(6.4, max(2.4, 0.5 * len(params) + 1.2))
+    ax = fig.add_subplot()
+    ys = range(len(params))
+    ax.barh([y + 0.2 for y in ys], [a.get(p, 0) for p in params], height=0.4, label=runs[0].name)
+    ax.barh([y - 0.2 for y in ys], [b.get(p, 0) for p in params], height=0.4, label=runs[1].name)
+    ax.set_yticks(list(ys), list(params))
+    ax.legend(fontsize="small")
+    ax.set(xlabel="fANOVA importance", title="Two AHE searches, two sampler seeds (5w1s_k1)")
+    path = plots / "importances_5w1s_k1.png"
+    fig.savefig(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--search", required=True, type=Path, help="the cosine_l2 run directory")
-    parser.add_argument("--baselines", nargs="*", type=Path, default=[], help="baselines run directories")
-    parser.add_argument("--top", type=int, default=4, help="top trials per run (default 4)")
-    parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument("--runs", required=True, type=Path, help="the study's runs directory (study.sh's RUNS_DIR)")
+    parser.add_argument("--plots", type=Path, help="directory for the PNG plots (default RUNS/plots)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
     args = parser.parse_args(argv)
-    md: list[str] = []
-    for run_dir in (args.search, *args.baselines):
-        md += run_summary(run_dir, args.top) + [""]
-    if (args.search / EVALUATION_FILE).exists():
-        evaluation = read_evaluation(args.search).to_pylist()
-        first = json.loads(evaluation[0]["params_json"])
-        md += [(f"### Test split: `{args.search.name}/evaluation.parquet` ({first['test_tasks']} tasks per seed, "
-               f"meta-trained on {first.get('meta_train_splits', 'train')})"), "", *markdown_table(evaluation),
-               "", CI_NOTE]
+    if not (args.runs / MANIFEST).is_file():
+        print(f"study.py: error: {args.runs} has no {MANIFEST}; run benchmarks/study.sh first", file=sys.stderr)
+        return 2
+    study = read_study(args.runs)
+    plots = args.plots or args.runs / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    md = protocol(study)
+    for setting in study.settings:
+        md += ["", f"### {setting}", "", *test_section(study, setting, plots), "",
+               f"#### Learning curves, {setting}", "", *curves(study, setting, plots)]
+    md += ["", *efficiency(study, plots), "", *importances(study, plots)]
     text = "\n".join(md) + "\n"
     sys.stdout.write(text)
     if args.out:
