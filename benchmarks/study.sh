@@ -148,7 +148,7 @@ search() {  # SETTING ROLE NAME SPACE FIX...: one search, launched, resumed or s
     mv "$dir" "$dir.broken-$$"; state=new
   fi
   case $state in
-    done) note "$name: done, skipped" ;;
+    done) note "$name: done, skipped"; return ;;
     new) note "$name: launch"
          "$B" launch --space "$RUNS/spaces/$space.yaml" --runs-dir "$RUNS" --name "$name" "${fixes[@]}" \
            "${LAUNCH_EXTRA[@]}" ;;
