@@ -23,6 +23,7 @@ the chosen defaults on the test split with other seeds, as a standalone
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -55,6 +56,15 @@ def run_one(method: str, seed: int, args, data) -> dict[str, float]:
             if key in record:
                 out[key] = float(record[key])
     return out
+
+
+def load_done(cache: Path | None) -> dict[str, dict[str, float]]:
+    """Runs finished earlier (``--cache``), keyed by method, seed and budget: an interrupted
+    measurement resumes where it stopped instead of starting over."""
+    if cache is None or not cache.exists():
+        return {}
+    lines = (json.loads(line) for line in cache.read_text().splitlines() if line.strip())
+    return {entry["key"]: entry["result"] for entry in lines}
 
 
 def render(results: dict[str, list[dict[str, float]]], args) -> str:
@@ -93,14 +103,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-tasks", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="JSON lines of finished runs: appended to, and reused when run again")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_dataset("digits")
     load_before, started = os.getloadavg()[0], time.perf_counter()
+    done = load_done(args.cache)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in args.methods}
     for seed in args.seeds:  # seed-major, so an interrupted run still holds complete pairs
         for m in args.methods:
-            results[m].append(run_one(m, seed, args, data))
+            key = json.dumps([m, seed, args.iterations, args.val_tasks, args.test_tasks])
+            if key not in done:
+                done[key] = run_one(m, seed, args, data)
+                if args.cache:
+                    with args.cache.open("a") as f:
+                        f.write(json.dumps({"key": key, "result": done[key]}) + "\n")
+            results[m].append(done[key])
             r = results[m][-1]
             print(f"seed {seed} {m}: val {r['val_accuracy']:.4f} test {r.get('test_accuracy', float('nan')):.4f}",
                   file=sys.stderr, flush=True)

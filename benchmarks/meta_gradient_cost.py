@@ -438,6 +438,8 @@ def profile(args) -> str:
                  _median_ms(partial(on_module, model, x, y), reps * 3),
                  _median_ms(partial(on_module, model_cl, x_cl, y), reps * 3)]
         lines.append(f"| {n} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    if args.compile:
+        lines += compile_profile(model_cl, reps)
     lines += ["", "## One meta-gradient (4 tasks, loop): ours vs the same with autograd.grad vs higher", "",
               "| shots | K | algorithm | ours | autograd.grad | higher | ours/autograd | ours/higher |",
               "|---|---|---|---|---|---|---|---|"]
@@ -459,6 +461,37 @@ def profile(args) -> str:
                 lines.append(f"| {shots} | {k} | {name} | {ours:.0f} | {plain:.0f} | {fmt(theirs, 0)} | "
                              f"{ours / plain:.2f} | {fmt(ratio(ours, theirs), 2)} |")
     return "\n".join(lines) + "\n"
+
+
+def compile_profile(model_cl, reps: int) -> list[str]:
+    """torch.compile on the channels-last Conv-4: compile time, one 75-image gradient against eager,
+    and whether a gradient of the gradient (MAML, the exact HVP) goes through it."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.rand(75, *IMAGE).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(WAYS).repeat_interleave(15)
+
+    def gradient(m):
+        return torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters()))
+
+    lines = ["", "## torch.compile (inductor) on the channels_last model, one 75-image gradient", ""]
+    t0 = time.perf_counter()
+    compiled = torch.compile(model_cl)
+    try:
+        gradient(compiled)
+    except RuntimeError as exc:  # no C++ compiler (InductorError), an unsupported op: say what happened
+        return [*lines, f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"]
+    lines.append(f"first call (compiles): {time.perf_counter() - t0:.0f} s")
+    lines.append(f"eager {_median_ms(partial(gradient, model_cl), reps * 3):.1f} ms, "
+                 f"compiled {_median_ms(partial(gradient, compiled), reps * 3):.1f} ms")
+    try:
+        g = torch.autograd.grad(F.cross_entropy(compiled(x), y), list(compiled.parameters()), create_graph=True)
+        torch.autograd.grad(g, list(compiled.parameters()), [torch.ones_like(t) for t in g])
+        lines.append("gradient of the gradient: works")
+    except RuntimeError as exc:
+        lines.append(f"gradient of the gradient (MAML, exact HVP): refused, {str(exc).splitlines()[0][:160]}")
+    return lines
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -609,6 +642,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     parser.add_argument("--profile", action="store_true",
                         help="instead: in-process profile of ours vs plain autograd vs higher")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --profile: also torch.compile (needs a C++ compiler; minutes to compile)")
     parser.add_argument("--timing-worker", help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
