@@ -43,10 +43,11 @@ class AlgoHParams:
     """α: SGD step size of the inner (task-adaptation) loop."""
     inner_steps: int = 1
     """K: inner SGD steps on the support set."""
-    w_cos: float = 0.3
-    """Weight of the cosine term w_cos·(1 − cos(g_S, g_Q)) (ahe only). The defaults 0.3 / 0.01 are
+    w_cos: float = 1.0
+    """Weight of the cosine term w_cos·(1 − cos(g_S, g_Q)) (ahe only). The defaults 1.0 / 0.01 are
     what `gs-tune train --algorithm ahe` runs without a search: non-zero, so untuned AHE is the
-    method, not first-order MAML (chosen on validation, benchmarks/default_weights.py, BENCHMARKS §2)."""
+    method, not first-order MAML (the best of w_cos 0.03-1.0 on validation, digits 5-way 1-shot,
+    benchmarks/default_weights.py, BENCHMARKS §2)."""
     w_l2: float = 0.01
     """Weight of the squared-error term w_l2·‖g_S − g_Q‖² (ahe only)."""
     w_dot: float = 0.0
