@@ -49,7 +49,8 @@ from gs_tune.rundir import EVALUATION_FILE, FINISHED, METRICS_FILE, TRIALS_FILE,
 
 Rows = list[dict[str, Any]]
 MANIFEST = "study.tsv"
-INVOCATIONS = "study.invocations"  # study.sh appends date, commit, clean | gs_tune/ edited
+INVOCATIONS = "study.invocations"  # study.sh appends date, commit, gs_tune/ tree, clean | gs_tune/ edited
+SETTINGS = ("5w1s_k1", "5w1s_k5", "20w1s_k1")  # study.sh's settings
 K5 = "5w1s_k5"  # the setting of the efficiency question
 IMPORTANCE_PAIR = ("ahe", "ahe_seed2")  # two searches of one space, two sampler seeds
 ALGORITHM_NAMES = {"ahe": "AHE", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
@@ -64,7 +65,7 @@ PEAK_NOTE = ("peak MB is the retraining process's peak resident memory (the high
 class Study:
     runs_dir: Path
     mode: str  # full | smoke
-    code: list[tuple[str, str, str]]  # (date, commit, clean | gs_tune/ edited) of each study.sh run
+    code: list[tuple[str, ...]]  # (date, commit, gs_tune/ tree, clean | gs_tune/ edited) per study.sh run
     settings: dict[str, dict[str, Path]]  # setting -> role -> run directory, in study.sh's order
 
 
@@ -75,17 +76,24 @@ def read_study(runs_dir: Path) -> Study:
     for line in lines[1:]:
         setting, role, name = line.split("\t")
         settings.setdefault(setting, {})[role] = runs_dir / name
+    order = {name: i for i, name in enumerate(SETTINGS)}  # study.sh's order, whatever order they ran in
+    settings = dict(sorted(settings.items(), key=lambda item: order.get(item[0], len(order))))
     log = runs_dir / INVOCATIONS
     code = [tuple(line.split("\t")) for line in log.read_text().splitlines()] if log.is_file() else []
     return Study(runs_dir, mode, code, settings)
 
 
 def _code_line(study: Study) -> str:
-    versions = sorted({(commit, state) for _, commit, state in study.code})
-    text = "; ".join(f"{c} ({s})" for c, s in versions) or "unknown"
-    where = f"study.sh ran {len(study.code)} time(s), {study.code[0][0]} to {study.code[-1][0]}, at " if study.code else ""
-    deviation = len(versions) > 1 or any(s != "clean" for _, s in versions)
-    return f"{where}commit {text}" + (" — **deviation: not one unchanged version of the code**" if deviation else "")
+    """Which code the study ran: a deviation unless every invocation had one unedited gs_tune/."""
+    if not study.code:
+        return "code version not recorded"
+    commits = ", ".join(dict.fromkeys(c[1] for c in study.code))
+    trees = {(c[2], c[3]) for c in study.code}
+    line = (f"study.sh ran {len(study.code)} time(s), {study.code[0][0]} to {study.code[-1][0]}, at commit(s) "
+            f"{commits}; gs_tune/ tree " + ", ".join(f"{t} ({state})" for t, state in sorted(trees)))
+    if len(trees) > 1 or any(state != "clean" for _, state in trees):
+        line += " — **deviation: the runs did not all use one unedited gs_tune/**"
+    return line
 
 
 def trials(run: Path) -> Rows:
@@ -379,7 +387,8 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
         md.append(f"| `{run.name}` | {best['trial_id']} | {best['status']} ({its[-1]} it.) | {end} | "
                   f"{acc[half] * 100:.1f}% (it. {its[half]}) | {(acc[-1] - acc[half]) * 100:+.1f} |")
         ax.plot(its, [a * 100 for a in acc], marker="o", ms=3, label=f"{role} ({best['trial_id']})")
-    ax.legend(fontsize="small")
+    if ax.lines:
+        ax.legend(fontsize="small")
     ax.set(xlabel="meta-iteration", ylabel="validation accuracy (%)",
            title=f"{setting}: best trial of each search (val split)")
     path = plots / f"curves_{setting}.png"

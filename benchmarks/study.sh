@@ -87,11 +87,19 @@ mkdir -p "$RUNS/spaces"
 exec 9> "$RUNS/study.lock"
 flock -n 9 || { echo "study.sh: another study.sh is running on $RUNS" >&2; exit 2; }
 echo $$ > "$RUNS/study.pid"
-MANIFEST="$RUNS/study.tsv"  # setting, role, run name: what study.py reads
-printf 'mode\t%s\n' "$([ "$SMOKE" = 1 ] && echo smoke || echo full)" > "$MANIFEST.tmp" && mv "$MANIFEST.tmp" "$MANIFEST"
+# study.tsv: the mode, then setting, role and run name of every search any invocation made (kept
+# across invocations, so settings run in separate pieces all reach study.py).
+MANIFEST="$RUNS/study.tsv"
+TAB=$'\t'
+MODE=$([ "$SMOKE" = 1 ] && echo smoke || echo full)
+[ -f "$MANIFEST" ] || printf 'mode\t%s\n' "$MODE" > "$MANIFEST"
+if ! head -1 "$MANIFEST" | grep -qx "mode${TAB}$MODE"; then
+  echo "study.sh: $RUNS holds a $(head -1 "$MANIFEST" | cut -f2) study; use another RUNS_DIR for a $MODE one" >&2; exit 2
+fi
 # Which code each invocation ran: a study continued across commits, or with gs_tune/ edited, is a
 # deviation study.py reports (a run keeps the code it started with only until it is resumed).
-printf '%s\t%s\t%s\n' "$(date '+%F %T')" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+printf '%s\t%s\t%s\t%s\n' "$(date '+%F %T')" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  "$(git rev-parse --short HEAD:gs_tune 2>/dev/null || echo unknown)" \
   "$(git diff --quiet HEAD -- gs_tune 2>/dev/null && echo clean || echo 'gs_tune/ edited')" >> "$RUNS/study.invocations"
 note() { printf '\n[study %s] %s\n' "$(date '+%F %T')" "$*"; }
 
@@ -140,7 +148,7 @@ EOF
 search() {  # SETTING ROLE NAME SPACE FIX...: one search, launched, resumed or skipped
   local setting=$1 role=$2 name=$3 space=$4; shift 4
   local dir="$RUNS/$name" fixes=() state
-  printf '%s\t%s\t%s\n' "$setting" "$role" "$name" >> "$MANIFEST"
+  grep -qxF "$setting${TAB}$role${TAB}$name" "$MANIFEST" || printf '%s\t%s\t%s\n' "$setting" "$role" "$name" >> "$MANIFEST"
   for f in "$@"; do fixes+=(--fix "$f"); done
   state=$(run_state "$dir")
   if [ "$state" = broken ]; then
