@@ -68,7 +68,10 @@ def _read_path(path: Path) -> pa.Table:
     if not path.is_file():
         raise RunDirError(f"{path} does not exist (not a gs-tune run directory, or nothing recorded yet)")
     try:
-        return pq.read_table(path)
+        # One open file: pq.read_table(path) opens the path twice (to inspect, then to scan), and a
+        # publish renaming a new file in between would make it read half of each.
+        with open(path, "rb") as file:
+            return pq.read_table(file)
     except (OSError, pa.ArrowException) as exc:
         raise RunDirError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
