@@ -59,9 +59,9 @@ class AlgoHParams:
     model's dtype: ~30% off in float32, kept for the record), identity (H ≈ I: u as is).
     Error and cost of each: BENCHMARKS.md §2; docs/method.md."""
     fd_eps: float | None = None
-    """Step ε of the finite-difference modes along û = u/‖u‖; None: 1e-7 for finite_difference,
+    """Step ε of the finite-difference modes along û = u/‖u‖; None: 3e-8 for finite_difference,
     1e-6 for finite_difference_f32 (each mode's measured best: a larger ε crosses ReLU/max-pool
-    kinks, error ~jump/ε; a smaller one drowns in rounding)."""
+    kinks, error ~jump/ε, a 5-shot task did at ε ≥ 1e-7; a smaller one drowns in rounding)."""
     ahe_at: str = "first_step"
     """Apply the correction at θ only, or sum it over every inner iterate θ_k."""
     ahe_scale: float = 1.0
@@ -81,7 +81,7 @@ class AlgoHParams:
         """ε of the finite-difference modes: fd_eps, or the default of the mode in use."""
         if self.fd_eps is not None:
             return self.fd_eps
-        return 1e-6 if self.hvp == "finite_difference_f32" else 1e-7
+        return 1e-6 if self.hvp == "finite_difference_f32" else 3e-8
 
 
 @dataclass(frozen=True)
