@@ -200,6 +200,9 @@ def _progress_reporter(space: SearchSpace):
         metric_columns=metrics, parameter_columns=[p.name for p in space.params],
         metric=space.metrics[0], mode=space.modes[0], sort_by_metric=True,
         max_report_frequency=REPORT_EVERY_S,
+        # Explicit: left unset, Tune reads its process-wide verbosity when the reporter is built, and
+        # a search that ran before in the same process (verbose=1) would have switched the table off.
+        print_intermediate_tables=True,
     )
 
 

@@ -147,9 +147,6 @@ def test_killed_writer_never_leaves_a_torn_file(tmp_path: Path, delay: float) ->
 # the writer returned. Deterministic, so the test can replay the same sequence.
 _RESULTS_DRIVER = textwrap.dedent("""
     import sys, types
-    package = types.ModuleType("gs_tune")  # as in _KILLED_WRITER: no torch import
-    package.__path__ = [sys.argv[2]]
-    sys.modules["gs_tune"] = package
 
     def events():
         t = 0
@@ -161,7 +158,10 @@ _RESULTS_DRIVER = textwrap.dedent("""
                 yield "close", None, None, None
             t += 1
 
-    if __name__ == "__main__":
+    if __name__ == "__main__":  # the test exec()s this source for events() alone, so nothing runs on import
+        package = types.ModuleType("gs_tune")  # as in _KILLED_WRITER: no torch import
+        package.__path__ = [sys.argv[2]]
+        sys.modules["gs_tune"] = package
         from gs_tune.results.tables import ResultsWriter
         writer = ResultsWriter(sys.argv[1])
         for kind, tid, it, acc in events():
