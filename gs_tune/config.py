@@ -33,6 +33,7 @@ BATCHING = ("auto", "vmap", "loop")
 DTYPES = ("float32", "float64")
 META_TRAIN_SPLITS = ("train", "train+val")
 EVAL_BATCH_NORM = ("transductive", "support")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class TrainConfig(AlgoHParams):
     """conv4 (4 × conv-BN-ReLU-pool, MAML's network) or mlp."""
     filters: int = 32
     """Conv-4 channels per layer (32 or 64 in the literature); MLP hidden width ×8."""
+    memory_format: str = "contiguous"
+    """Conv-4's kernel path: contiguous (NCHW) or channels_last (NHWC weights and images, a loop
+    over tasks; vmap keeps NCHW). Same values in exact arithmetic; channels_last is faster on CPU
+    but its batch norm leaves float32 gradients ~1e-4 from float64 instead of ~1e-6, which would
+    put the default HVP past its accuracy target, hence not the default (BENCHMARKS.md §1, §2)."""
     # algorithm (the rest is inherited from AlgoHParams)
     algorithm: str = "ahe"
     """maml, fomaml, reptile or ahe (first-order MAML + gradient-similarity correction)."""
@@ -179,6 +185,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": DTYPES,
     "meta_train_splits": META_TRAIN_SPLITS,
     "eval_batch_norm": EVAL_BATCH_NORM,
+    "memory_format": MEMORY_FORMATS,
 }
 _POSITIVE = {
     "inner_lr", "inner_steps", "outer_lr", "iterations", "meta_batch", "ways", "shots",

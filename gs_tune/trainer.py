@@ -271,7 +271,8 @@ def _train(
     dtype = getattr(torch, cfg.dtype)
     data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
     streams = _Samplers(cfg, data)
-    model = build_model(cfg.model, data.image_shape, cfg.ways, cfg.filters, streams.init_gen).to(device, dtype)
+    model = build_model(cfg.model, data.image_shape, cfg.ways, cfg.filters, streams.init_gen,
+                        channels_last=cfg.memory_format == "channels_last").to(device, dtype)
     run = RunState(cfg, model, streams.rng)
     if resume_from is not None:
         run.restore(resume_from, device)

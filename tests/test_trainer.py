@@ -20,6 +20,8 @@ from gs_tune import trainer
 from gs_tune.config import train_config
 from gs_tune.data import load_dataset
 from gs_tune.errors import CheckpointError, ConfigError
+from gs_tune.models import build_model as trainer_build
+from gs_tune.models import input_memory_format
 from gs_tune.records import RUN_FIELDS, TEST_FIELDS, TRAIN_FIELDS, VAL_FIELDS
 from gs_tune.trainer import CHECKPOINT_NAME, ahe_lambda, train
 
@@ -347,3 +349,20 @@ def test_non_transductive_evaluation_scores_each_query_on_its_own(digits):
     assert trans["val_loss"] != supp["val_loss"]
     with pytest.raises(ConfigError, match="^eval_batch_norm: got 'query'"):
         train_config(SMALL, eval_batch_norm="query")
+
+
+def test_channels_last_kernel_path_trains_the_same_model(digits, monkeypatch):
+    """memory_format=channels_last changes how Conv-4 is laid out, not what it computes: in float64
+    the records match the contiguous run's."""
+    base = train_config(SMALL, iterations=4, val_every=2, test_tasks=0, model="conv4", filters=8, dtype="float64")
+    plain = list(train(base, dataset=digits))
+    nhwc_cfg = train_config(base.as_dict(), memory_format="channels_last")
+    built = []
+    monkeypatch.setattr(trainer, "build_model", lambda *a, **k: built.append(trainer_build(*a, **k)) or built[-1])
+    nhwc = list(train(nhwc_cfg, dataset=digits))
+    assert input_memory_format(built[0]) == torch.channels_last  # the run did take the NHWC path
+    for a, b in zip(plain, nhwc, strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+    with pytest.raises(ConfigError, match="^memory_format: got 'nhwc'"):
+        train_config(SMALL, memory_format="nhwc")
