@@ -80,10 +80,10 @@ def build_model(
     ``channels_last`` stores convolution weights channels-last (NHWC), and
     :func:`gs_tune.meta.meta_gradient` and :func:`gs_tune.meta.adapt_and_evaluate`
     then lay images out the same way (a loop over tasks; vmap keeps the standard
-    layout). On a CPU that takes oneDNN's NHWC kernels, faster per meta-iteration
-    on Conv-4 (BENCHMARKS.md §1), but PyTorch's channels-last batch norm computes
-    its statistics with less care: float32 gradients drift from float64 by up to
-    ~1e-4 instead of ~1e-6 (BENCHMARKS.md §2), hence off by default. Same values
+    layout). On a CPU that takes oneDNN's NHWC kernels, faster for the
+    first-order algorithms on Conv-4 (BENCHMARKS.md §1), but PyTorch's channels-last
+    batch norm computes its statistics with less care: float32 gradients drift from
+    float64 by ~1e-4 to 1e-2 instead of ~1e-6 (BENCHMARKS.md §2), hence off by default. Same values
     in exact arithmetic; the MLP has no convolution and is unaffected.
     """
     channels, height, width = image_shape
