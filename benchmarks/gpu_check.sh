@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks BENCHMARKS.md leaves "unmeasured" for want of a GPU, in one script for a CUDA machine.
 #
-#   benchmarks/gpu_check.sh [all|tests|cost|hvp|protocol]     (default: all, ~9 minutes on one GPU)
+#   benchmarks/gpu_check.sh [all|tests|cost|hvp|protocol|sharing]     (default: all, ~12 minutes on one GPU)
 #
 # Steps (each under its own time limit, so one that hangs does not take the others with it):
 #   tests     the engine on the device: tests/algorithms/test_cuda.py (CUDA = CPU to 1e-9 in float64 for
@@ -15,6 +15,8 @@
 #   protocol  protocol_throughput.py: the MAML-protocol presets (Omniglot 20-way 1-shot, miniImageNet
 #             5-way 1-shot and 5-shot) per meta-iteration and per evaluation chunk, with vmap, with
 #             the loop, and with the loop channels-last; projected hours per preset
+#   sharing   gpu_sharing.py: total meta-iterations per second with 1, 2, 4 and 8 trainer processes on
+#             the one GPU (Omniglot 20-way 1-shot, ahe), for docs/cluster.md's --gpus-per-trial advice
 # Output: one markdown file per step in $OUT (default /tmp/gpu_check), plus env.txt; paste the
 # tables into BENCHMARKS.md with the machine they came from.
 set -uo pipefail
@@ -67,5 +69,9 @@ if [ "$STEP" = all ] || [ "$STEP" = protocol ]; then
         --out "$OUT/protocol_loop.md"
     run protocol_loop_cl 60 "$PY" benchmarks/protocol_throughput.py --device cuda --batching loop --channels-last \
         --out "$OUT/protocol_loop_channels_last.md"
+fi
+if [ "$STEP" = all ] || [ "$STEP" = sharing ]; then
+    run sharing 240 "$PY" benchmarks/gpu_sharing.py --device cuda --preset omniglot_20w1s --processes 1 2 4 8 \
+        --seconds 15 --out "$OUT/gpu_sharing.md"
 fi
 exit $status
