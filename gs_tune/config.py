@@ -117,7 +117,7 @@ class TrainConfig(AlgoHParams):
     memory_format: str = "contiguous"
     """Conv-4's kernel path: contiguous (NCHW) or channels_last (NHWC weights and images, a loop
     over tasks; vmap keeps NCHW). Same values in exact arithmetic; channels_last speeds up the
-    first-order algorithms on CPU, but its batch norm leaves float32 gradients ~1e-4 to 1e-2 from
+    first-order algorithms on CPU, but its batch norm leaves float32 gradients up to ~1e-4 to 3e-2 from
     float64 instead of ~1e-6, which puts the default HVP past its accuracy target, hence not the
     default (BENCHMARKS.md §1, §2)."""
     # algorithm (the rest is inherited from AlgoHParams)

@@ -83,7 +83,7 @@ def build_model(
     layout). On a CPU that takes oneDNN's NHWC kernels, faster for the
     first-order algorithms on Conv-4 (BENCHMARKS.md §1), but PyTorch's channels-last
     batch norm computes its statistics with less care: float32 gradients drift from
-    float64 by ~1e-4 to 1e-2 instead of ~1e-6 (BENCHMARKS.md §2), hence off by default. Same values
+    float64 by up to ~1e-4 to 3e-2 instead of ~1e-6 (BENCHMARKS.md §2), hence off by default. Same values
     in exact arithmetic; the MLP has no convolution and is unaffected.
     """
     channels, height, width = image_shape
