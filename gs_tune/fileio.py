@@ -7,19 +7,28 @@ within one filesystem), are fsynced, then renamed over the target; the directory
 the rename so the rename itself survives a power loss. A failed write removes its temporary file;
 a killed process may leave one, named ``.<name>.<random>.tmp`` so that no ``*.<suffix>`` glob picks
 it up, and :func:`remove_stale_temps` clears those.
+
+Append-only JSON-lines logs (the results journal, an evaluation's finished runs) are the other
+kind of file that must survive a kill: :func:`append_json_line` adds a line in one write(2), so a
+kill leaves at most a torn last line, and :func:`read_json_lines` drops it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 TEMP_SUFFIX = ".tmp"
 # mkstemp creates files readable by their owner only; results and checkpoints are meant to be shared.
 FILE_MODE = 0o644
+
+_log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> Path:
@@ -63,6 +72,27 @@ def remove_stale_temps(directory: str | os.PathLike[str], name_glob: str = "*") 
             stale.unlink()
             removed += 1
     return removed
+
+
+def append_json_line(fd: int, obj: Any) -> None:
+    """Append ``obj`` as one JSON line to ``fd`` (opened with O_APPEND), in one write(2) unless the
+    disk is full. NaN and ±inf are written as Python's json reads them back (a diverged loss)."""
+    data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def read_json_lines(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """The JSON values of ``path``'s lines, oldest first, one at a time; a last line without its
+    newline (a write a kill cut short) is dropped, a garbled line skipped with a warning."""
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.endswith(b"\n"):
+                return
+            try:
+                yield json.loads(line)
+            except ValueError:
+                _log.warning("%s line %d: not a JSON line, skipped", path, number)
 
 
 def _fsync(path: Path, flags: int) -> None:

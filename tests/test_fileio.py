@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import pytest
 
-from gs_tune.fileio import atomic_write, atomic_write_text, remove_stale_temps
+from gs_tune.fileio import (
+    append_json_line,
+    atomic_write,
+    atomic_write_text,
+    read_json_lines,
+    remove_stale_temps,
+)
 
 
 def _hidden(directory: Path) -> list[str]:
@@ -55,3 +62,18 @@ def test_stale_temps_of_killed_writers_are_removed_by_pattern(tmp_path: Path) ->
         (tmp_path / name).write_text("x")
     assert remove_stale_temps(tmp_path, "*.parquet") == 2
     assert _hidden(tmp_path) == [".checkpoint.pt.y.tmp", ".keep"]
+
+
+def test_json_lines_survive_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        append_json_line(fd, {"a": 1, "loss": float("nan")})
+        os.write(fd, b"not json\n")
+        append_json_line(fd, {"a": 2})
+        os.write(fd, b'{"a": 3')  # a kill cut this write short
+    finally:
+        os.close(fd)
+    got = list(read_json_lines(path))
+    assert [g["a"] for g in got] == [1, 2]  # the garbled line skipped, the torn one dropped
+    assert math.isnan(got[0]["loss"])

@@ -18,8 +18,6 @@ so a reader finds either a whole journal or none. Layout and events are private 
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 import shutil
 import uuid
@@ -27,17 +25,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from gs_tune.fileio import FILE_MODE
+from gs_tune.fileio import FILE_MODE, append_json_line, read_json_lines
 
 JOURNAL_DIR = ".results-journal"
 EVENTS_FILE = "events.jsonl"
-
-_log = logging.getLogger(__name__)
-
-
-def _encode(event: Mapping[str, Any]) -> bytes:
-    # NaN and ±inf are measurements (a diverged loss); Python's json writes and reads them.
-    return (json.dumps(event, separators=(",", ":"), default=str) + "\n").encode()
 
 
 def remove_leftovers(run_dir: Path) -> None:
@@ -66,16 +57,8 @@ class Journal:
         """The events on disk, oldest first, one at a time (a long run has hundreds of thousands);
         a torn last line is dropped, a garbled one skipped."""
         path = self.path / EVENTS_FILE
-        if not path.exists():
-            return
-        with open(path, "rb") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.endswith(b"\n"):
-                    return  # the write a kill cut short: always the last line
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    _log.warning("%s line %d: not a journal event, skipped", path, number)
+        if path.exists():
+            yield from read_json_lines(path)
 
     def start(self, base: Iterable[Path]) -> None:
         """Replace the journal on disk by an empty one over ``base`` (the published tables, which
@@ -101,9 +84,7 @@ class Journal:
 
     def append(self, event: Mapping[str, Any]) -> None:
         assert self._fd is not None, "journal not started"
-        data = _encode(event)
-        while data:  # a regular file takes it in one call unless the disk is full
-            data = data[os.write(self._fd, data):]
+        append_json_line(self._fd, event)
 
     def owned(self) -> bool:
         """Whether the journal on disk is still the one this writer opened: another writer on the

@@ -38,7 +38,7 @@ import ray
 
 from gs_tune.config import ALGORITHMS, TrainConfig, train_config
 from gs_tune.errors import ConfigError, GsTuneError, RunDirError
-from gs_tune.fileio import FILE_MODE
+from gs_tune.fileio import FILE_MODE, append_json_line, read_json_lines
 from gs_tune.results.evaluation import DEFAULT_REFERENCE, format_summary, paired_results, write_pairs
 from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
@@ -218,20 +218,18 @@ def _finished_runs(path: Path) -> dict[str, dict[str, Any]]:
     """Rows by run_key from an unfinished evaluation's journal; a line torn by a kill is dropped."""
     out: dict[str, dict[str, Any]] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for entry in read_json_lines(path):
             try:
-                entry = json.loads(line)
                 out[str(entry["key"])] = dict(entry["row"])
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError, ValueError):
                 continue
     return out
 
 
 def _append_run(path: Path, key: str, row: Mapping[str, Any]) -> None:
-    # one write(2) of a whole line: a kill leaves at most a torn last line, which is dropped on reading
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:
-        os.write(fd, (json.dumps({"key": key, "row": row}, default=str) + "\n").encode())
+        append_json_line(fd, {"key": key, "row": row})
         os.fsync(fd)
     finally:
         os.close(fd)
