@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 import yaml
 from meta_gradient_cost import code_version, emit
-from protocol_throughput import ALGORITHMS, SHAPES, TRAIN_DIR, random_tasks
+from protocol_throughput import ALGORITHMS, SHAPES, TRAIN_DIR, meta_step, random_tasks
 
 from gs_tune import train_config
-from gs_tune.meta import meta_gradient, resolve_batching
+from gs_tune.meta import resolve_batching
 from gs_tune.models import build_model
 
 
@@ -56,10 +56,7 @@ def _worker(spec: dict, barrier, results) -> None:
     hp = cfg.algo_hparams()
 
     def step() -> None:
-        grads, _ = meta_gradient(model, tasks, spec["algorithm"], hp, batching=batching)
-        for key, p in model.named_parameters():
-            p.grad = grads[key]
-        optimiser.step()
+        meta_step(model, optimiser, tasks, spec["algorithm"], hp, batching)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

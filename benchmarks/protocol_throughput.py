@@ -17,6 +17,7 @@ the preset's ``iterations``, and on CUDA the peak memory of one meta-iteration.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -46,6 +47,14 @@ def random_tasks(n: int, ways: int, shots: int, query: int, shape, device, seed:
     ).to(device)
 
 
+def meta_step(model, optimiser, tasks: TaskBatch, algorithm: str, hp, batching: str) -> None:
+    """One meta-iteration as the trainer runs it: meta_gradient, then the outer Adam step."""
+    grads, _ = meta_gradient(model, tasks, algorithm, hp, batching=batching)
+    for key, p in model.named_parameters():
+        p.grad = grads[key]
+    optimiser.step()
+
+
 def measure_preset(name: str, args) -> list[str]:
     values = yaml.safe_load((TRAIN_DIR / f"{name}.yaml").read_text())
     cfg = train_config({**values, "data_root": None, **({"meta_batch": args.meta_batch} if args.meta_batch else {})})
@@ -59,13 +68,7 @@ def measure_preset(name: str, args) -> list[str]:
         model = build_model(cfg.model, shape, cfg.ways, cfg.filters, torch.Generator().manual_seed(0),
                             channels_last=args.channels_last).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
-        def step(model=model, optimiser=optimiser, algorithm=algorithm) -> None:
-            grads, _ = meta_gradient(model, tasks, algorithm, hp, batching=batching)
-            for key, p in model.named_parameters():
-                p.grad = grads[key]
-            optimiser.step()
-
-        steps[algorithm] = step
+        steps[algorithm] = functools.partial(meta_step, model, optimiser, tasks, algorithm, hp, batching)
     eval_model = build_model(cfg.model, shape, cfg.ways, cfg.filters, torch.Generator().manual_seed(0),
                              channels_last=args.channels_last).to(device)
     steps["evaluation"] = lambda: adapt_and_evaluate(eval_model, eval_tasks, cfg.inner_lr,
