@@ -51,9 +51,7 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], object
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    # Makes the rename durable; not possible on every platform, and not needed for atomicity.
-    with contextlib.suppress(OSError):
-        _fsync(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
     return path
 
 
@@ -93,6 +91,13 @@ def read_json_lines(path: str | os.PathLike[str]) -> Iterator[Any]:
                 yield json.loads(line)
             except ValueError:
                 _log.warning("%s line %d: not a JSON line, skipped", path, number)
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make the renames in ``directory`` durable; not possible on every platform, and not needed
+    for atomicity, so a failure is ignored."""
+    with contextlib.suppress(OSError):
+        _fsync(Path(directory), os.O_RDONLY)
 
 
 def _fsync(path: Path, flags: int) -> None:

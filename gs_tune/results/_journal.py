@@ -17,7 +17,6 @@ so a reader finds either a whole journal or none. Layout and events are private 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import uuid
@@ -25,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from gs_tune.fileio import FILE_MODE, append_json_line, read_json_lines
+from gs_tune.fileio import FILE_MODE, append_json_line, fsync_dir, read_json_lines
 
 JOURNAL_DIR = ".results-journal"
 EVENTS_FILE = "events.jsonl"
@@ -75,7 +74,7 @@ class Journal:
         (fresh / EVENTS_FILE).touch(mode=FILE_MODE)
         old = self._retire()
         os.replace(fresh, self.path)
-        _fsync_dir(self.run_dir)
+        fsync_dir(self.run_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         self._fd = os.open(self.path / EVENTS_FILE, os.O_WRONLY | os.O_APPEND)
@@ -110,7 +109,7 @@ class Journal:
         self.close()
         old = self._retire()
         if old is not None:
-            _fsync_dir(self.run_dir)
+            fsync_dir(self.run_dir)
             shutil.rmtree(old, ignore_errors=True)
 
     def _retire(self) -> Path | None:
@@ -120,12 +119,3 @@ class Journal:
         old = self.run_dir / f"{JOURNAL_DIR}.old-{uuid.uuid4().hex[:8]}"
         os.replace(self.path, old)
         return old
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
