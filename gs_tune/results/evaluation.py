@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gs_tune.results.schema import _field, _schema
 from gs_tune.results.summary import format_table
-from gs_tune.results.tables import write_table_atomic
+from gs_tune.results.tables import read_table_file, write_table_atomic
 from gs_tune.rundir import EVALUATION_PAIRS_FILE
 from gs_tune.stats import Interval, mean_interval, paired_difference
 
@@ -206,7 +205,7 @@ def read_pairs(run_dir: str | os.PathLike[str]) -> list[PairResult]:
     if not path.is_file():
         return []
     out = []
-    for r in pq.read_table(path).to_pylist():
+    for r in read_table_file(path).to_pylist():
         interval = None
         if r["mean_difference"] is not None:
             ci = float("nan") if r["ci95"] is None else r["ci95"]

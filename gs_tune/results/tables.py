@@ -61,17 +61,24 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
 
 
 def _read(run_dir: str | os.PathLike[str], name: str) -> pa.Table:
-    return _read_path(Path(run_dir) / name)
+    return read_table_file(Path(run_dir) / name)
 
 
-def _read_path(path: Path) -> pa.Table:
+def read_table_file(path: Path) -> pa.Table:
+    """One Parquet file as a table, safely beside a publish renaming a new one into place; every
+    gs-tune table is read through here. RunDirError naming the path if it is missing or garbled."""
     if not path.is_file():
         raise RunDirError(f"{path} does not exist (not a gs-tune run directory, or nothing recorded yet)")
     try:
-        # One open file: pq.read_table(path) opens the path twice (to inspect, then to scan), and a
-        # publish renaming a new file in between would make it read half of each.
+        # The whole file in one read: pq.read_table(path) opens the path twice (to inspect, then to
+        # scan), and a publish renaming a new file in between would make it read half of each. The
+        # bytes are parsed by ParquetFile, not read_table: read_table's dataset scanner leaves work
+        # on Arrow's thread pool after it returns, and with a Python file object that work can run
+        # into interpreter exit and abort the process ("terminate called without an active
+        # exception", apache/arrow#34314; seen as a killed `gs-tune launch` in CI).
         with open(path, "rb") as file:
-            return pq.read_table(file)
+            data = file.read()
+        return pq.ParquetFile(pa.BufferReader(data)).read()
     except (OSError, pa.ArrowException) as exc:
         raise RunDirError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
@@ -283,11 +290,11 @@ class ResultsWriter:
 
     def _load(self) -> None:
         if not self._journal.path.is_dir():
-            self._state.load(*(_read_path(p) if p.is_file() else None for p in self._published()))
+            self._state.load(*(read_table_file(p) if p.is_file() else None for p in self._published()))
             return
         # A writer was killed, or never closed: the journal's base, then its events.
         base = [self._journal.base(TRIALS_FILE), self._journal.base(METRICS_FILE)]
-        self._state.load(*(_read_path(p) if p.is_file() else None for p in base))
+        self._state.load(*(read_table_file(p) if p.is_file() else None for p in base))
         for event in self._journal.read_events():
             self._state.replay(event)
         self._publisher.flush()

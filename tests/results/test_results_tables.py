@@ -222,6 +222,22 @@ def test_readers_name_the_missing_file(tmp_path: Path) -> None:
         read_trials(tmp_path)
 
 
+def test_readers_leave_no_arrow_work_behind(make_run, monkeypatch) -> None:
+    # pq.read_table's dataset scanner finishes work on Arrow's threads after it returns; a process
+    # exiting just then aborts (a killed `gs-tune launch` in CI). The readers must parse the bytes
+    # they read without it, and still read a garbled file as a RunDirError naming it.
+    run = make_run("single")
+
+    def scanner(*args, **kwargs):
+        raise AssertionError("a gs-tune reader went through pq.read_table")
+
+    monkeypatch.setattr(pq, "read_table", scanner)
+    assert read_trials(run).num_rows > 0 and read_metrics(run).num_rows > 0
+    (run / "trials.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(RunDirError, match="trials.parquet: cannot be read as Parquet"):
+        read_trials(run)
+
+
 def _ray_modules() -> list[str]:
     return sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
 
