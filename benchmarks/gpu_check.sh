@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The checks BENCHMARKS.md leaves "unmeasured" for want of a GPU, in one script for a CUDA machine.
 #
-#   benchmarks/gpu_check.sh [all|tests|cost|hvp|protocol|sharing]     (default: all, ~12 minutes on one GPU)
+#   benchmarks/gpu_check.sh [all|tests|cost|hvp|protocol|sharing]     (default: all, ~14 minutes on one GPU)
 #
 # Steps (each under its own time limit, so one that hangs does not take the others with it):
 #   tests     the engine on the device: tests/algorithms/test_cuda.py (CUDA = CPU to 1e-9 in float64 for
 #             every algorithm, HVP mode, batching and layout; evaluation in both batch-norm modes), and
 #             the engine's CPU suite on that machine's torch build
 #   cost      meta_gradient_cost.py --device cuda --quick: seconds and peak memory per meta-iteration,
-#             vmap and loop, contiguous and channels_last, ours against higher (BENCHMARKS.md §1)
+#             vmap and loop, contiguous and channels_last, ours against higher (BENCHMARKS.md §1); then
+#             its --profile --compile: where one gradient's time goes, and torch.compile on and off
 #   hvp       hvp_accuracy.py --device cuda: error of every HVP mode against float64 with the device's
 #             default float32 settings (TF32 convolutions if cuDNN allows them) and AHE's cost against
 #             first-order MAML (BENCHMARKS.md §2)
@@ -57,6 +58,8 @@ fi
 if [ "$STEP" = all ] || [ "$STEP" = cost ]; then
     run cost 200 "$PY" benchmarks/meta_gradient_cost.py --device cuda --quick --reps 10 \
         --out "$OUT/meta_gradient_cost_cuda.md"
+    run compile 150 "$PY" benchmarks/meta_gradient_cost.py --device cuda --profile --compile --reps 5 \
+        --out "$OUT/meta_gradient_profile_cuda.md"
 fi
 if [ "$STEP" = all ] || [ "$STEP" = hvp ]; then
     run hvp 120 "$PY" benchmarks/hvp_accuracy.py --device cuda --tasks 20 --train-iterations 50 --reps 10 \

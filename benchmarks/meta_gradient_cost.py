@@ -439,7 +439,7 @@ def profile(args) -> str:
                  _median_ms(partial(on_module, model_cl, x_cl, y), reps * 3)]
         lines.append(f"| {n} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     if args.compile:
-        lines += compile_profile(model_cl, reps)
+        lines += compile_profile(model_cl, reps, args.device)
     lines += ["", "## One meta-gradient (4 tasks, loop): ours vs the same with autograd.grad vs higher", "",
               "| shots | K | algorithm | ours | autograd.grad | higher | ours/autograd | ours/higher |",
               "|---|---|---|---|---|---|---|---|"]
@@ -463,14 +463,14 @@ def profile(args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compile_profile(model_cl, reps: int) -> list[str]:
+def compile_profile(model_cl, reps: int, device: str) -> list[str]:
     """torch.compile on the channels-last Conv-4: compile time, one 75-image gradient against eager,
     and whether a gradient of the gradient (MAML, the exact HVP) goes through it."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.rand(75, *IMAGE).contiguous(memory_format=torch.channels_last)
-    y = torch.arange(WAYS).repeat_interleave(15)
+    x = torch.rand(75, *IMAGE, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(WAYS, device=device).repeat_interleave(15)
 
     def gradient(m):
         return torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters()))
