@@ -15,7 +15,7 @@ import os
 import pickle
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +71,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluate(
-    model: torch.nn.Module, tasks: TaskBatch, cfg: TrainConfig, device: torch.device, dtype: torch.dtype
+    model: torch.nn.Module, tasks: TaskBatch | Iterable[TaskBatch], cfg: TrainConfig, device: torch.device,
+    dtype: torch.dtype,
 ) -> dict[str, float]:
-    """Adapt on each task's support set, score on its query set: mean loss, accuracy and CI over tasks."""
+    """Adapt on each task's support set, score on its query set: mean loss, accuracy and CI over tasks.
+
+    ``tasks``: one batch, moved to the device EVAL_CHUNK tasks at a time, or its tasks already in
+    chunks (TaskSampler.chunks), so that a long test need not hold every task's images at once."""
     steps = cfg.eval_inner_steps or cfg.inner_steps
+    parts = tasks
+    if isinstance(tasks, TaskBatch):
+        parts = (TaskBatch(*(t[start : start + EVAL_CHUNK] for t in tasks))
+                 for start in range(0, tasks.num_tasks, EVAL_CHUNK))
     losses, accs = [], []
-    for start in range(0, tasks.num_tasks, EVAL_CHUNK):
-        chunk = TaskBatch(*(t[start : start + EVAL_CHUNK] for t in tasks)).to(device, dtype)
+    for part in parts:
+        chunk = part.to(device, dtype)
         loss, acc = adapt_and_evaluate(model, chunk, cfg.inner_lr, steps, batch_norm=cfg.eval_batch_norm)
         losses.append(loss)
         accs.append(acc)
@@ -205,9 +213,10 @@ class _Samplers:
         self.test = TaskSampler(data.test, cfg.ways, cfg.shots, cfg.query, "test") if cfg.test_tasks else None
         self.init_gen = torch.Generator().manual_seed(int(init_seq.generate_state(1)[0]))
 
-    def test_tasks(self, n: int) -> TaskBatch:
+    def test_tasks(self, n: int) -> Iterator[TaskBatch]:
+        """The run's n test tasks, drawn a chunk at a time as evaluation reaches them."""
         assert self.test is not None
-        return self.test.sample(n, np.random.default_rng(self.test_seq))
+        return self.test.chunks(n, np.random.default_rng(self.test_seq), EVAL_CHUNK)
 
 
 def _val_record(run: RunState, val: dict[str, float], lam: float, device: torch.device) -> Record:

@@ -366,3 +366,22 @@ def test_channels_last_kernel_path_trains_the_same_model(digits, monkeypatch):
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
     with pytest.raises(ConfigError, match="^memory_format: got 'nhwc'"):
         train_config(SMALL, memory_format="nhwc")
+
+
+
+def test_test_tasks_are_drawn_and_scored_a_chunk_at_a_time(digits):
+    """The test holds one chunk of tasks' images at a time, yet draws and scores exactly the tasks
+    one batch of them all would have held."""
+    import numpy as np
+
+    cfg = train_config(SMALL, test_tasks=trainer.EVAL_CHUNK * 2 + 7)
+    streams = trainer._Samplers(cfg, digits)
+    chunks = list(streams.test_tasks(cfg.test_tasks))
+    assert [c.num_tasks for c in chunks] == [trainer.EVAL_CHUNK, trainer.EVAL_CHUNK, 7]
+    whole = streams.test.sample(cfg.test_tasks, np.random.default_rng(streams.test_seq))
+    assert all(torch.equal(torch.cat(parts), field) for parts, field in zip(zip(*chunks), whole))
+    model = trainer_build(cfg.model, digits.image_shape, cfg.ways, cfg.filters, torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+    by_chunk = trainer.evaluate(model, iter(chunks), cfg, cpu, torch.float32)
+    at_once = trainer.evaluate(model, whole, cfg, cpu, torch.float32)
+    assert by_chunk == at_once

@@ -14,6 +14,7 @@ device, so the host moves and holds a quarter of the float32 bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -207,6 +208,14 @@ class TaskSampler:
                 f"shots + query: {shots} + {query} examples per class exceed the {smallest} "
                 f"of the smallest class in the {split_name} split; allowed: shots + query <= {smallest}"
             )
+
+    def chunks(self, num_tasks: int, rng: np.random.Generator, size: int) -> Iterator[TaskBatch]:
+        """The tasks of ``sample(num_tasks, rng)``, the very same ones, drawn ``size`` at a time:
+        only one chunk's images are in memory (600 miniImageNet 5-shot test tasks are ~1.3 GB)."""
+        if size < 1:
+            raise ValueError(f"size: got {size}, allowed: >= 1")
+        for start in range(0, num_tasks, size):
+            yield self.sample(min(size, num_tasks - start), rng)
 
     def sample(self, num_tasks: int, rng: np.random.Generator) -> TaskBatch:
         n, k, q = self.ways, self.shots, self.query

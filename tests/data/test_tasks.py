@@ -95,8 +95,10 @@ def test_tasks_drawn_in_chunks_equal_tasks_drawn_at_once() -> None:
     """So an evaluation can draw its tasks chunk by chunk (holding one chunk of pixels, not 600
     tasks' worth) and still score the very same tasks."""
     sampler = TaskSampler(uint8_split(8, 12, seed=7), 5, 2, 4)
-    whole = sampler.sample(6, np.random.default_rng(3))
-    rng = np.random.default_rng(3)
-    chunks = [sampler.sample(2, rng) for _ in range(3)]
+    whole = sampler.sample(7, np.random.default_rng(3))
+    chunks = list(sampler.chunks(7, np.random.default_rng(3), 3))
+    assert [c.num_tasks for c in chunks] == [3, 3, 1]
     for i, field in enumerate(whole):
         assert torch.equal(field, torch.cat([c[i] for c in chunks]))
+    with pytest.raises(ValueError, match="size: got 0"):
+        next(sampler.chunks(7, np.random.default_rng(3), 0))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gs_tune.config import TrainConfig, train_config
-from gs_tune.data import load_dataset
+from gs_tune.data import TaskBatch, load_dataset
 from gs_tune.errors import ConfigError, RunDirError
 from gs_tune.results.evaluation import TEST_TASK_FIELDS, read_pairs
 from gs_tune.results.schema import EVALUATION_SCHEMA
@@ -178,9 +178,13 @@ def test_methods_with_the_same_seed_are_scored_on_the_same_test_tasks() -> None:
     assert all(getattr(a, f) == getattr(b, f) for f in TEST_TASK_FIELDS)
     first, second = _Samplers(a, data), _Samplers(b, data)
     first.rng.random(100)  # training draws do not shift the test stream
-    tasks_a, tasks_b = first.test_tasks(a.test_tasks), second.test_tasks(b.test_tasks)
+    def drawn(samplers, n):  # the test stream's chunks as one batch
+        return TaskBatch(*(torch.cat(field) for field in zip(*samplers.test_tasks(n))))
+
+    tasks_a, tasks_b = drawn(first, a.test_tasks), drawn(second, b.test_tasks)
+    assert tasks_a.num_tasks == 5
     assert all(torch.equal(x, y) for x, y in zip(tasks_a, tasks_b))
-    tasks_c = _Samplers(other_seed, data).test_tasks(5)
+    tasks_c = drawn(_Samplers(other_seed, data), 5)
     assert not torch.equal(tasks_a.x_query, tasks_c.x_query)
 
 
