@@ -70,15 +70,15 @@ def read_table_file(path: Path) -> pa.Table:
     if not path.is_file():
         raise RunDirError(f"{path} does not exist (not a gs-tune run directory, or nothing recorded yet)")
     try:
-        # The whole file in one read: pq.read_table(path) opens the path twice (to inspect, then to
-        # scan), and a publish renaming a new file in between would make it read half of each. The
-        # bytes are parsed by ParquetFile, not read_table: read_table's dataset scanner leaves work
-        # on Arrow's thread pool after it returns, and with a Python file object that work can run
-        # into interpreter exit and abort the process ("terminate called without an active
-        # exception", apache/arrow#34314; seen as a killed `gs-tune launch` in CI).
-        with open(path, "rb") as file:
-            data = file.read()
-        return pq.ParquetFile(pa.BufferReader(data)).read()
+        # One open file, mapped: pq.read_table(path) opens the path twice (to inspect, then to
+        # scan), and a publish renaming a new file in between would make it read half of each; the
+        # mapping keeps the file it opened. Native objects and one thread only: Arrow's pool threads
+        # finish a read's clean-up after it returns, and clean-up that needs the GIL (a Python file
+        # object or bytes under the reader) aborts the process if it runs into interpreter exit
+        # ("terminate called without an active exception", apache/arrow#34314), which killed
+        # `gs-tune launch` right after its last read in CI. The tables are small; one thread is enough.
+        with pa.memory_map(str(path)) as source:
+            return pq.ParquetFile(source).read(use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise RunDirError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
