@@ -23,11 +23,13 @@ _I64 = pa.int64()
 _STR = pa.string()
 
 
-def _field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+def described_field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    """A column whose meaning travels in its Parquet metadata (``description``)."""
     return pa.field(name, type_, nullable=nullable, metadata={"description": description})
 
 
-def _schema(fields: list[pa.Field], table: str) -> pa.Schema:
+def table_schema(fields: list[pa.Field], table: str) -> pa.Schema:
+    """A gs-tune table's schema, stamped with the table's name and the schema version."""
     return pa.schema(fields, metadata={"gs_tune.table": table, "gs_tune.schema_version": SCHEMA_VERSION})
 
 
@@ -36,22 +38,22 @@ def _schema(fields: list[pa.Field], table: str) -> pa.Schema:
 # No test columns: a search never evaluates the test split (`gs-tune evaluate` does, into
 # evaluation.parquet).
 TRIAL_CORE_FIELDS: list[pa.Field] = [
-    _field("trial_id", _STR, "Ray Tune trial id; also the name of tune/<id>/ and tensorboard/<id>/.", False),
-    _field("status", _STR, "running, completed, early_stopped (by ASHA), diverged (non-finite loss) or error.",
+    described_field("trial_id", _STR, "Ray Tune trial id; also the name of tune/<id>/ and tensorboard/<id>/.", False),
+    described_field("status", _STR, "running, completed, early_stopped (by ASHA), diverged (non-finite loss) or error.",
            False),
-    _field("final_val_accuracy", _F64, "val_accuracy of the last validation record."),
-    _field("best_val_accuracy", _F64, "Highest finite val_accuracy over the trial's validation records."),
-    _field("final_val_loss", _F64, "val_loss of the last validation record."),
-    _field("best_val_loss", _F64, "Lowest finite val_loss over the trial's validation records."),
-    _field("final_val_ci95", _F64, "95% confidence half-width of final_val_accuracy."),
-    _field("iterations", _I64, "Meta-iterations done (iteration of the latest record)."),
-    _field("wall_seconds", _F64, "elapsed_s of the latest record: wall time of the trial so far."),
-    _field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration (latest record)."),
-    _field("device", _STR, "Device the trial trained on (e.g. cuda:0, cpu), when the search layer knows it."),
-    _field("node", _STR, "Host / Ray node the trial ran on, when known."),
-    _field("seed", _I64, "Training seed of the trial (as its actor reports it, or its 'seed' parameter)."),
-    _field("error", _STR, "Error message of a trial that ended with status error or diverged."),
-    _field("peak_memory_mb", _F64, "Peak accelerator/host memory of the trial in MiB, latest reported."),
+    described_field("final_val_accuracy", _F64, "val_accuracy of the last validation record."),
+    described_field("best_val_accuracy", _F64, "Highest finite val_accuracy over the trial's validation records."),
+    described_field("final_val_loss", _F64, "val_loss of the last validation record."),
+    described_field("best_val_loss", _F64, "Lowest finite val_loss over the trial's validation records."),
+    described_field("final_val_ci95", _F64, "95% confidence half-width of final_val_accuracy."),
+    described_field("iterations", _I64, "Meta-iterations done (iteration of the latest record)."),
+    described_field("wall_seconds", _F64, "elapsed_s of the latest record: wall time of the trial so far."),
+    described_field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration (latest record)."),
+    described_field("device", _STR, "Device the trial trained on (e.g. cuda:0, cpu), when the search layer knows it."),
+    described_field("node", _STR, "Host / Ray node the trial ran on, when known."),
+    described_field("seed", _I64, "Training seed of the trial (as its actor reports it, or its 'seed' parameter)."),
+    described_field("error", _STR, "Error message of a trial that ended with status error or diverged."),
+    described_field("peak_memory_mb", _F64, "Peak accelerator/host memory of the trial in MiB, latest reported."),
 ]
 TRIAL_CORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in TRIAL_CORE_FIELDS)
 
@@ -95,9 +97,9 @@ def trials_schema(param_types: Mapping[str, type | pa.DataType]) -> pa.Schema:
     """
     fields = list(TRIAL_CORE_FIELDS)
     for name in sorted(param_types):
-        fields.append(_field(param_column(name), arrow_type(param_types[name]),
+        fields.append(described_field(param_column(name), arrow_type(param_types[name]),
                              f"Trial parameter '{name}' (searched or fixed); null when not set."))
-    return _schema(fields, "trials")
+    return table_schema(fields, "trials")
 
 
 def trial_params(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,34 +113,34 @@ def param_types_of(schema: pa.Schema) -> dict[str, pa.DataType]:
 
 # --- metrics.parquet ----------------------------------------------------------
 
-METRICS_SCHEMA: pa.Schema = _schema([
-    _field("trial_id", _STR, "Ray Tune trial id (join key with trials.parquet).", False),
-    _field("iteration", _I64, "Meta-iterations done when the record was made; unique per trial.", False),
-    _field("elapsed_s", _F64, "Wall seconds since the trial started."),
-    _field("train_loss", _F64, "Query loss after adaptation, averaged since the previous record."),
-    _field("train_accuracy", _F64, "Query accuracy after adaptation, averaged since the previous record."),
-    _field("val_loss", _F64, "Validation query loss after adaptation."),
-    _field("val_accuracy", _F64, "Validation query accuracy after adaptation."),
-    _field("val_ci95", _F64, "95% confidence half-width of val_accuracy over the validation tasks."),
-    _field("grad_norm", _F64, "Norm of the first-order meta-gradient."),
-    _field("correction_norm", _F64, "Norm of the AHE correction λ·H·u (0 for non-ahe algorithms)."),
-    _field("grad_cosine", _F64, "Cosine between support and query gradients."),
-    _field("ahe_lambda", _F64, "λ of the AHE schedule at this iteration."),
-    _field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration so far."),
+METRICS_SCHEMA: pa.Schema = table_schema([
+    described_field("trial_id", _STR, "Ray Tune trial id (join key with trials.parquet).", False),
+    described_field("iteration", _I64, "Meta-iterations done when the record was made; unique per trial.", False),
+    described_field("elapsed_s", _F64, "Wall seconds since the trial started."),
+    described_field("train_loss", _F64, "Query loss after adaptation, averaged since the previous record."),
+    described_field("train_accuracy", _F64, "Query accuracy after adaptation, averaged since the previous record."),
+    described_field("val_loss", _F64, "Validation query loss after adaptation."),
+    described_field("val_accuracy", _F64, "Validation query accuracy after adaptation."),
+    described_field("val_ci95", _F64, "95% confidence half-width of val_accuracy over the validation tasks."),
+    described_field("grad_norm", _F64, "Norm of the first-order meta-gradient."),
+    described_field("correction_norm", _F64, "Norm of the AHE correction λ·H·u (0 for non-ahe algorithms)."),
+    described_field("grad_cosine", _F64, "Cosine between support and query gradients."),
+    described_field("ahe_lambda", _F64, "λ of the AHE schedule at this iteration."),
+    described_field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration so far."),
 ], "metrics")
 METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS_SCHEMA.names)
 
 # --- evaluation.parquet -------------------------------------------------------
 
-EVALUATION_SCHEMA: pa.Schema = _schema([
-    _field("method", _STR, "Method evaluated: 'ahe (tuned)', 'ahe (default)', maml, fomaml, reptile.", False),
-    _field("config_source", _STR, "Where the configuration came from: tuned, default, baselines-run, …"),
-    _field("seed", _I64, "Seed of this evaluation run."),
-    _field("test_accuracy", _F64, "Mean test accuracy over test_tasks tasks."),
-    _field("test_ci95", _F64, "95% confidence half-width of test_accuracy."),
-    _field("test_tasks", _I64, "Number of test tasks evaluated."),
-    _field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration."),
-    _field("peak_memory_mb", _F64, "Peak memory of the run in MiB."),
-    _field("params_json", _STR, "All parameters of the run as a JSON object (sorted keys)."),
+EVALUATION_SCHEMA: pa.Schema = table_schema([
+    described_field("method", _STR, "Method evaluated: 'ahe (tuned)', 'ahe (default)', maml, fomaml, reptile.", False),
+    described_field("config_source", _STR, "Where the configuration came from: tuned, default, baselines-run, …"),
+    described_field("seed", _I64, "Seed of this evaluation run."),
+    described_field("test_accuracy", _F64, "Mean test accuracy over test_tasks tasks."),
+    described_field("test_ci95", _F64, "95% confidence half-width of test_accuracy."),
+    described_field("test_tasks", _I64, "Number of test tasks evaluated."),
+    described_field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration."),
+    described_field("peak_memory_mb", _F64, "Peak memory of the run in MiB."),
+    described_field("params_json", _STR, "All parameters of the run as a JSON object (sorted keys)."),
 ], "evaluation")
 
