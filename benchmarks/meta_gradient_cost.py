@@ -494,6 +494,56 @@ def compile_profile(model_cl, reps: int, device: str) -> list[str]:
     return lines
 
 
+def hvp_profile(args) -> str:
+    """Where AHE's time above first-order MAML goes at K=5: the exact HVP's double-backward autograd
+    nodes, by layer type (torch.profiler, one process, in-process medians)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from gs_tune.meta import meta_gradient
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps = args.reps or 5
+    kinds = {"batch norm": "NativeBatchNormBackwardBackward", "convolution": "ConvolutionBackwardBackward",
+             "max pool": "MaxPool2DWithIndicesBackwardBackward"}
+    header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+              f"{os.getloadavg()[0]:.2f}; {code_version()}")
+    what = (f"Conv-4 ({FILTERS} filters), {META_BATCH} tasks, loop, contiguous. Double backward: the "
+            "inclusive CPU time of autograd's *BackwardBackward* nodes per meta-gradient (the product's "
+            "second pass; its first, the support gradient with a graph, is in the rest of AHE's time).")
+    columns = ("| shots | fomaml | ahe (exact) | ahe / fomaml | double backward | " + " | ".join(kinds)
+               + " | other nodes |")
+    lines = ["# AHE's extra time at K=5: the exact HVP's double backward (in-process, medians in ms)", "",
+             header, "", what, "", columns, "|---|---|---|---|---|" + "---|" * (len(kinds) + 1)]
+    notes = []
+    for shots in args.shots:
+        _, model, tasks = make_setup(args.device, shots)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        run = {name: partial(meta_gradient, model, tasks, alg, inner_lr=INNER_LR, inner_steps=5, batching="loop",
+                             **kw) for name, (alg, kw) in (("fomaml", OURS["fomaml"]), ("ahe", OURS["ahe_exact"]))}
+        ms = {name: _median_ms(fn, reps) for name, fn in run.items()}
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                run["ahe"]()
+        # the nodes themselves; the engine's "autograd::engine::evaluate_function: <node>" wraps each again
+        nodes = {e.key: e.cpu_time_total / 1e3 / reps for e in prof.key_averages()
+                 if "BackwardBackward" in e.key and not e.key.startswith("autograd::")}
+        total = sum(nodes.values())
+        by_kind = {kind: sum(v for k, v in nodes.items() if k.startswith(prefix)) for kind, prefix in kinds.items()}
+        other = total - sum(by_kind.values())
+        rest = sorted(((v, k) for k, v in nodes.items() if not any(k.startswith(x) for x in kinds.values())),
+                      reverse=True)
+        notes.append(f"Other nodes at {shots}-shot: " + ", ".join(f"{k} {v:.0f}" for v, k in rest[:4]) + ".")
+        lines.append(f"| {shots} | {ms['fomaml']:.0f} | {ms['ahe']:.0f} | {ms['ahe'] / ms['fomaml']:.2f} | "
+                     f"{total:.0f} | " + " | ".join(f"{v:.0f} ({v / total:.0%})" for v in by_kind.values())
+                     + f" | {other:.0f} |")
+    lines += ["", *notes, "", "Profiled times run slower than the medians (the profiler's own cost); read the shares."]
+    return "\n".join(lines) + "\n"
+
+
 # --- driver ------------------------------------------------------------------------------------
 
 
@@ -644,6 +694,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead: in-process profile of ours vs plain autograd vs higher")
     parser.add_argument("--compile", action="store_true",
                         help="with --profile: also torch.compile (needs a C++ compiler; minutes to compile)")
+    parser.add_argument("--profile-hvp", action="store_true",
+                        help="instead: where AHE's time above first-order MAML goes at K=5 (torch.profiler)")
     parser.add_argument("--timing-worker", help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -651,7 +703,7 @@ def main(argv: list[str] | None = None) -> None:
         worker = timing_worker if args.timing_worker else memory_worker
         print(json.dumps(worker(json.loads(args.timing_worker or args.memory_worker))))
         return
-    emit(profile(args) if args.profile else measure(args), args.out)
+    emit(hvp_profile(args) if args.profile_hvp else profile(args) if args.profile else measure(args), args.out)
 
 
 def measure(args) -> str:
