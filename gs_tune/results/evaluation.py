@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from gs_tune.results.schema import described_field, table_schema
+from gs_tune.results.schema import column, table_schema
 from gs_tune.results.summary import format_table
 from gs_tune.results.tables import read_table_file, write_table_atomic
 from gs_tune.rundir import EVALUATION_PAIRS_FILE
@@ -177,15 +177,15 @@ def paired_results(rows: Rows, reference: str) -> list[PairResult]:
 
 
 PAIRS_SCHEMA: pa.Schema = table_schema([
-    described_field("method", pa.string(), "Method compared with the reference (a method of evaluation.parquet).", False),
-    described_field("reference", pa.string(), "The reference method (gs-tune evaluate --reference).", False),
-    described_field("seeds", pa.int64(), "Shared seeds the difference is over: those both methods finished.", False),
-    described_field("mean_difference", pa.float64(),
+    column("method", pa.string(), "Method compared with the reference (a method of evaluation.parquet).", False),
+    column("reference", pa.string(), "The reference method (gs-tune evaluate --reference).", False),
+    column("seeds", pa.int64(), "Shared seeds the difference is over: those both methods finished.", False),
+    column("mean_difference", pa.float64(),
            "Mean over the shared seeds of test_accuracy(method) - test_accuracy(reference); null: no pair."),
-    described_field("ci95", pa.float64(), "Half-width of its 95% Student-t interval over the shared seeds (seeds - 1 "
+    column("ci95", pa.float64(), "Half-width of its 95% Student-t interval over the shared seeds (seeds - 1 "
                                  "degrees of freedom); null with fewer than two shared seeds."),
-    described_field("shared_seeds", pa.list_(pa.int64()), "The shared seeds.", False),
-    described_field("note", pa.string(), "Seeds left out and why (a method diverged), or why there is no pair."),
+    column("shared_seeds", pa.list_(pa.int64()), "The shared seeds.", False),
+    column("note", pa.string(), "Seeds left out and why (a method diverged), or why there is no pair."),
 ], "evaluation_pairs")
 
 

@@ -23,7 +23,7 @@ _I64 = pa.int64()
 _STR = pa.string()
 
 
-def described_field(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+def column(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
     """A column whose meaning travels in its Parquet metadata (``description``)."""
     return pa.field(name, type_, nullable=nullable, metadata={"description": description})
 
@@ -38,22 +38,22 @@ def table_schema(fields: list[pa.Field], table: str) -> pa.Schema:
 # No test columns: a search never evaluates the test split (`gs-tune evaluate` does, into
 # evaluation.parquet).
 TRIAL_CORE_FIELDS: list[pa.Field] = [
-    described_field("trial_id", _STR, "Ray Tune trial id; also the name of tune/<id>/ and tensorboard/<id>/.", False),
-    described_field("status", _STR, "running, completed, early_stopped (by ASHA), diverged (non-finite loss) or error.",
+    column("trial_id", _STR, "Ray Tune trial id; also the name of tune/<id>/ and tensorboard/<id>/.", False),
+    column("status", _STR, "running, completed, early_stopped (by ASHA), diverged (non-finite loss) or error.",
            False),
-    described_field("final_val_accuracy", _F64, "val_accuracy of the last validation record."),
-    described_field("best_val_accuracy", _F64, "Highest finite val_accuracy over the trial's validation records."),
-    described_field("final_val_loss", _F64, "val_loss of the last validation record."),
-    described_field("best_val_loss", _F64, "Lowest finite val_loss over the trial's validation records."),
-    described_field("final_val_ci95", _F64, "95% confidence half-width of final_val_accuracy."),
-    described_field("iterations", _I64, "Meta-iterations done (iteration of the latest record)."),
-    described_field("wall_seconds", _F64, "elapsed_s of the latest record: wall time of the trial so far."),
-    described_field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration (latest record)."),
-    described_field("device", _STR, "Device the trial trained on (e.g. cuda:0, cpu), when the search layer knows it."),
-    described_field("node", _STR, "Host / Ray node the trial ran on, when known."),
-    described_field("seed", _I64, "Training seed of the trial (as its actor reports it, or its 'seed' parameter)."),
-    described_field("error", _STR, "Error message of a trial that ended with status error or diverged."),
-    described_field("peak_memory_mb", _F64, "Peak accelerator/host memory of the trial in MiB, latest reported."),
+    column("final_val_accuracy", _F64, "val_accuracy of the last validation record."),
+    column("best_val_accuracy", _F64, "Highest finite val_accuracy over the trial's validation records."),
+    column("final_val_loss", _F64, "val_loss of the last validation record."),
+    column("best_val_loss", _F64, "Lowest finite val_loss over the trial's validation records."),
+    column("final_val_ci95", _F64, "95% confidence half-width of final_val_accuracy."),
+    column("iterations", _I64, "Meta-iterations done (iteration of the latest record)."),
+    column("wall_seconds", _F64, "elapsed_s of the latest record: wall time of the trial so far."),
+    column("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration (latest record)."),
+    column("device", _STR, "Device the trial trained on (e.g. cuda:0, cpu), when the search layer knows it."),
+    column("node", _STR, "Host / Ray node the trial ran on, when known."),
+    column("seed", _I64, "Training seed of the trial (as its actor reports it, or its 'seed' parameter)."),
+    column("error", _STR, "Error message of a trial that ended with status error or diverged."),
+    column("peak_memory_mb", _F64, "Peak accelerator/host memory of the trial in MiB, latest reported."),
 ]
 TRIAL_CORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in TRIAL_CORE_FIELDS)
 
@@ -97,7 +97,7 @@ def trials_schema(param_types: Mapping[str, type | pa.DataType]) -> pa.Schema:
     """
     fields = list(TRIAL_CORE_FIELDS)
     for name in sorted(param_types):
-        fields.append(described_field(param_column(name), arrow_type(param_types[name]),
+        fields.append(column(param_column(name), arrow_type(param_types[name]),
                              f"Trial parameter '{name}' (searched or fixed); null when not set."))
     return table_schema(fields, "trials")
 
@@ -114,33 +114,33 @@ def param_types_of(schema: pa.Schema) -> dict[str, pa.DataType]:
 # --- metrics.parquet ----------------------------------------------------------
 
 METRICS_SCHEMA: pa.Schema = table_schema([
-    described_field("trial_id", _STR, "Ray Tune trial id (join key with trials.parquet).", False),
-    described_field("iteration", _I64, "Meta-iterations done when the record was made; unique per trial.", False),
-    described_field("elapsed_s", _F64, "Wall seconds since the trial started."),
-    described_field("train_loss", _F64, "Query loss after adaptation, averaged since the previous record."),
-    described_field("train_accuracy", _F64, "Query accuracy after adaptation, averaged since the previous record."),
-    described_field("val_loss", _F64, "Validation query loss after adaptation."),
-    described_field("val_accuracy", _F64, "Validation query accuracy after adaptation."),
-    described_field("val_ci95", _F64, "95% confidence half-width of val_accuracy over the validation tasks."),
-    described_field("grad_norm", _F64, "Norm of the first-order meta-gradient."),
-    described_field("correction_norm", _F64, "Norm of the AHE correction λ·H·u (0 for non-ahe algorithms)."),
-    described_field("grad_cosine", _F64, "Cosine between support and query gradients."),
-    described_field("ahe_lambda", _F64, "λ of the AHE schedule at this iteration."),
-    described_field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration so far."),
+    column("trial_id", _STR, "Ray Tune trial id (join key with trials.parquet).", False),
+    column("iteration", _I64, "Meta-iterations done when the record was made; unique per trial.", False),
+    column("elapsed_s", _F64, "Wall seconds since the trial started."),
+    column("train_loss", _F64, "Query loss after adaptation, averaged since the previous record."),
+    column("train_accuracy", _F64, "Query accuracy after adaptation, averaged since the previous record."),
+    column("val_loss", _F64, "Validation query loss after adaptation."),
+    column("val_accuracy", _F64, "Validation query accuracy after adaptation."),
+    column("val_ci95", _F64, "95% confidence half-width of val_accuracy over the validation tasks."),
+    column("grad_norm", _F64, "Norm of the first-order meta-gradient."),
+    column("correction_norm", _F64, "Norm of the AHE correction λ·H·u (0 for non-ahe algorithms)."),
+    column("grad_cosine", _F64, "Cosine between support and query gradients."),
+    column("ahe_lambda", _F64, "λ of the AHE schedule at this iteration."),
+    column("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration so far."),
 ], "metrics")
 METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS_SCHEMA.names)
 
 # --- evaluation.parquet -------------------------------------------------------
 
 EVALUATION_SCHEMA: pa.Schema = table_schema([
-    described_field("method", _STR, "Method evaluated: 'ahe (tuned)', 'ahe (default)', maml, fomaml, reptile.", False),
-    described_field("config_source", _STR, "Where the configuration came from: tuned, default, baselines-run, …"),
-    described_field("seed", _I64, "Seed of this evaluation run."),
-    described_field("test_accuracy", _F64, "Mean test accuracy over test_tasks tasks."),
-    described_field("test_ci95", _F64, "95% confidence half-width of test_accuracy."),
-    described_field("test_tasks", _I64, "Number of test tasks evaluated."),
-    described_field("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration."),
-    described_field("peak_memory_mb", _F64, "Peak memory of the run in MiB."),
-    described_field("params_json", _STR, "All parameters of the run as a JSON object (sorted keys)."),
+    column("method", _STR, "Method evaluated: 'ahe (tuned)', 'ahe (default)', maml, fomaml, reptile.", False),
+    column("config_source", _STR, "Where the configuration came from: tuned, default, baselines-run, …"),
+    column("seed", _I64, "Seed of this evaluation run."),
+    column("test_accuracy", _F64, "Mean test accuracy over test_tasks tasks."),
+    column("test_ci95", _F64, "95% confidence half-width of test_accuracy."),
+    column("test_tasks", _I64, "Number of test tasks evaluated."),
+    column("sec_per_iter", _F64, "Mean wall seconds per training meta-iteration."),
+    column("peak_memory_mb", _F64, "Peak memory of the run in MiB."),
+    column("params_json", _STR, "All parameters of the run as a JSON object (sorted keys)."),
 ], "evaluation")
 
