@@ -11,6 +11,7 @@ one validation interval, never the first interval again.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 
 STORE = 100 * 2**20
 VAL_EVERY = 20
-ITERATIONS = 160
+ITERATIONS = 600  # long enough that the test sees a trial mid-run (below) on a fast machine too
 SPACE = f"""
 name: lost-node
 fixed: {{dataset: digits, model: conv4, filters: 16, ways: 5, shots: 1, query: 5, meta_batch: 2,
@@ -65,10 +66,14 @@ def test_a_trial_on_a_killed_worker_continues_from_its_checkpoint_elsewhere(clus
     space.write_text(SPACE)
     shared = tmp_path / "shared-storage"
     run_dir = tmp_path / "runs" / "mn"
+    # Tune writes result.json on the driver and copies it to storage with its experiment snapshot,
+    # every 10 s at least by default; a search of a few seconds could then end before the test saw
+    # any report. Snapshots every second let it find a trial mid-run (what is tested is unchanged).
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "gs_tune.cli", "launch", "--space", str(space), "--runs-dir", str(tmp_path / "runs"),
          "--name", "mn", "--address", c.address, "--storage", str(shared)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
         victim = None
