@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import optuna
-import pyarrow.parquet as pq
 import pytest
 
+from gs_tune.results.tables import read_table_file
 from gs_tune.rundir import FINISHED, read_run
 from gs_tune.search.runner import resume
 from gs_tune.search.searcher import TUNE_ID_ATTR
@@ -68,7 +68,8 @@ sys.exit(main(sys.argv[1:]))
 
 def _rows(run_dir: Path, name: str) -> list[dict]:
     path = run_dir / name
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    # polled while the driver publishes: gs-tune's reader takes one whole file, old or new
+    return read_table_file(path).to_pylist() if path.exists() else []
 
 
 def _finished(run_dir: Path) -> int:

@@ -17,6 +17,7 @@ import yaml
 from ray import tune
 
 from gs_tune.cli import main
+from gs_tune.results.tables import read_table_file
 from gs_tune.rundir import Objective, read_run
 from gs_tune.search.runner import TUNE_ENV, launch, resume
 from gs_tune.search.samplers import resolve_seed
@@ -29,7 +30,8 @@ def _finished_trials(run_dir: Path) -> list[dict]:
     path = run_dir / "trials.parquet"
     if not path.exists():
         return []
-    return [r for r in pq.read_table(path).to_pylist() if r["status"] != "running"]
+    # polled while the search publishes: gs-tune's reader takes one whole file, old or new
+    return [r for r in read_table_file(path).to_pylist() if r["status"] != "running"]
 
 
 def _study(run_dir: Path) -> optuna.Study:
