@@ -33,11 +33,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from meta_gradient_cost import code_version, emit
-from protocol_throughput import ALGORITHMS, SHAPES, TRAIN_DIR, meta_step, random_tasks
+from protocol_throughput import ALGORITHMS, SHAPES, TRAIN_DIR, meta_step, preset_config, random_tasks
 
-from gs_tune import train_config
 from gs_tune.meta import resolve_batching
 from gs_tune.models import build_model
 
@@ -45,9 +43,7 @@ from gs_tune.models import build_model
 def _worker(spec: dict, barrier, results) -> None:
     """One trainer process: warm up, wait for the others, then count meta-iterations for spec['seconds']."""
     torch.set_num_threads(spec["threads"])
-    values = yaml.safe_load((TRAIN_DIR / f"{spec['preset']}.yaml").read_text())
-    overrides = {"meta_batch": spec["meta_batch"]} if spec["meta_batch"] else {}
-    cfg = train_config({**values, "data_root": None, **overrides})
+    cfg = preset_config(spec["preset"], spec["meta_batch"])
     device, shape = torch.device(spec["device"]), SHAPES[cfg.dataset]
     batching = resolve_batching(spec["batching"], device)
     tasks = random_tasks(cfg.meta_batch, cfg.ways, cfg.shots, cfg.query, shape, device, seed=spec["rank"])

@@ -520,8 +520,6 @@ def hvp_profile(args) -> str:
     notes = []
     for shots in args.shots:
         _, model, tasks = make_setup(args.device, shots)
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p)
         run = {name: partial(meta_gradient, model, tasks, alg, inner_lr=INNER_LR, inner_steps=5, batching="loop",
                              **kw) for name, (alg, kw) in (("fomaml", OURS["fomaml"]), ("ahe", OURS["ahe_exact"]))}
         ms = {name: _median_ms(fn, reps) for name, fn in run.items()}
@@ -533,9 +531,8 @@ def hvp_profile(args) -> str:
                  if "BackwardBackward" in e.key and not e.key.startswith("autograd::")}
         total = sum(nodes.values())
         by_kind = {kind: sum(v for k, v in nodes.items() if k.startswith(prefix)) for kind, prefix in kinds.items()}
-        other = total - sum(by_kind.values())
-        rest = sorted(((v, k) for k, v in nodes.items() if not any(k.startswith(x) for x in kinds.values())),
-                      reverse=True)
+        rest = sorted(((v, k) for k, v in nodes.items() if not k.startswith(tuple(kinds.values()))), reverse=True)
+        other = sum(v for v, _ in rest)
         notes.append(f"Other nodes at {shots}-shot: " + ", ".join(f"{k} {v:.0f}" for v, k in rest[:4]) + ".")
         lines.append(f"| {shots} | {ms['fomaml']:.0f} | {ms['ahe']:.0f} | {ms['ahe'] / ms['fomaml']:.2f} | "
                      f"{total:.0f} | " + " | ".join(f"{v:.0f} ({v / total:.0%})" for v in by_kind.values())

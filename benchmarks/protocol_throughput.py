@@ -55,9 +55,15 @@ def meta_step(model, optimiser, tasks: TaskBatch, algorithm: str, hp, batching: 
     optimiser.step()
 
 
-def measure_preset(name: str, args) -> list[str]:
+def preset_config(name: str, meta_batch: int | None = None):
+    """The preset's TrainConfig (search_spaces/train/<name>.yaml) without its data, optionally at
+    another meta-batch: the benchmarks run it on random tasks of its shape."""
     values = yaml.safe_load((TRAIN_DIR / f"{name}.yaml").read_text())
-    cfg = train_config({**values, "data_root": None, **({"meta_batch": args.meta_batch} if args.meta_batch else {})})
+    return train_config({**values, "data_root": None, **({"meta_batch": meta_batch} if meta_batch else {})})
+
+
+def measure_preset(name: str, args) -> list[str]:
+    cfg = preset_config(name, args.meta_batch)
     device, shape = torch.device(args.device), SHAPES[cfg.dataset]
     batching = resolve_batching(args.batching, device)
     tasks = random_tasks(cfg.meta_batch, cfg.ways, cfg.shots, cfg.query, shape, device)

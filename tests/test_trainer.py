@@ -13,6 +13,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -368,12 +369,9 @@ def test_channels_last_kernel_path_trains_the_same_model(digits, monkeypatch):
         train_config(SMALL, memory_format="nhwc")
 
 
-
 def test_test_tasks_are_drawn_and_scored_a_chunk_at_a_time(digits):
     """The test holds one chunk of tasks' images at a time, yet draws and scores exactly the tasks
     one batch of them all would have held."""
-    import numpy as np
-
     cfg = train_config(SMALL, test_tasks=trainer.EVAL_CHUNK * 2 + 7)
     streams = trainer._Samplers(cfg, digits)
     chunks = list(streams.test_tasks(cfg.test_tasks))
