@@ -53,6 +53,7 @@ INVOCATIONS = "study.invocations"  # study.sh appends date, commit, gs_tune/ tre
 SETTINGS = ("5w1s_k1", "5w1s_k5", "20w1s_k1")  # study.sh's settings
 K5 = "5w1s_k5"  # the setting of the efficiency question
 IMPORTANCE_PAIR = ("ahe", "ahe_seed2")  # two searches of one space, two sampler seeds
+FANOVA_SEEDS = tuple(range(5))  # fANOVA's random forests: the spread of the estimator itself
 ALGORITHM_NAMES = {"ahe": "AHE", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
 PEAK_NOTE = ("peak MB is the retraining process's peak resident memory (the highest over seeds), the "
              "Python, torch and Ray runtime included; §1 gives each method's own extra memory")
@@ -397,42 +398,93 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
                      "at this budget."), "", f"![curves]({path})"]
 
 
+@dataclasses.dataclass
+class Importances:
+    """fANOVA importances of one search over FANOVA_SEEDS forests: mean and range per parameter."""
+
+    what: str  # "study objective" or "at iteration N"
+    note: str  # param_importances' own line (over how many trials, of what)
+    mean: dict[str, float]
+    low: dict[str, float]
+    high: dict[str, float]
+
+    def cell(self, param: str) -> str:
+        if param not in self.mean:
+            return "-"
+        return f"{self.mean[param]:.2f} ({self.low[param]:.2f}–{self.high[param]:.2f})"
+
+
+def _importances(run: Path, at_iteration: int | None) -> Importances | str:
+    per_seed = []
+    for seed in FANOVA_SEEDS:
+        values, note = param_importances(run, at_iteration=at_iteration, seed=seed)
+        if values is None:
+            return note
+        per_seed.append(values)
+    params = sorted(per_seed[0])
+    return Importances("study objective" if at_iteration is None else f"at iteration {at_iteration}", note,
+                       {p: sum(v[p] for v in per_seed) / len(per_seed) for p in params},
+                       {p: min(v[p] for v in per_seed) for p in params},
+                       {p: max(v[p] for v in per_seed) for p in params})
+
+
 def importances(study: Study, plots: Path) -> list[str]:
-    """fANOVA importances of every AHE search; the spread between the two searches of one space."""
-    found: dict[str, tuple[dict[str, float], str]] = {}
+    """fANOVA importances of every AHE search, of the study's values and at ASHA's first rung; the
+    spread between the two searches of one space."""
+    found: dict[str, list[Importances]] = {}
+    skipped: list[str] = []
     for roles in study.settings.values():
         for role in ("ahe", "ahe_identity", "ahe_seed2"):
-            if role in roles and (roles[role] / "study.db").is_file():
-                values, note = param_importances(roles[role])
-                found[roles[role].name] = (values or {}, note)
+            run = roles.get(role)
+            if run is None or not (run / "study.db").is_file():
+                continue
+            scheduler = read_space(run).scheduler
+            for at in (None, scheduler.grace_period if scheduler else None)[: 2 if scheduler else 1]:
+                result = _importances(run, at)
+                if isinstance(result, str):
+                    skipped.append(f"`{run.name}` ({'study objective' if at is None else f'at iteration {at}'}): "
+                                   f"{result}")
+                else:
+                    found.setdefault(run.name, []).append(result)
     md = ["### Parameter importances of the AHE searches", ""]
     if not found:
-        return md + ["No AHE search yet."]
-    params = sorted({p for values, _ in found.values() for p in values})
-    md += ["| search | " + " | ".join(params) + " | what |", "|---|" + "---|" * (len(params) + 1)]
-    for name, (values, note) in found.items():
-        md.append(f"| `{name}` | " + " | ".join(f"{values[p]:.2f}" if p in values else "-" for p in params)
-                  + f" | {note} |")
-    pair = [study.settings.get("5w1s_k1", {}).get(r) for r in IMPORTANCE_PAIR]
-    if all(p is not None and found.get(p.name, ({}, ""))[0] for p in pair):
-        a, b = (found[p.name][0] for p in pair)
-        md += ["| spread: abs difference | " + " | ".join(
-            f"{abs(a.get(p, 0) - b.get(p, 0)):.2f}" for p in params) + " | between the two 5w1s_k1 searches |"]
-        md += ["", f"![importances]({_draw_importances(params, pair, a, b, plots)})"]
-    return md + ["", ("Importances are normalised to sum to 1 per search; two searches of one space that "
-                     "differ only in the sampler seed show how far one search's values can be trusted.")]
+        return md + ["No AHE search with importances yet." + "".join(f" {s}." for s in skipped)]
+    params = sorted({p for results in found.values() for r in results for p in r.mean})
+    md += ["| search | values | " + " | ".join(params) + " | over |", "|---|---|" + "---|" * (len(params) + 1)]
+    for name, results in found.items():
+        for r in results:
+            md.append(f"| `{name}` | {r.what} | " + " | ".join(r.cell(p) for p in params) + f" | {r.note} |")
+    pair = [study.settings.get("5w1s_k1", {}).get(role) for role in IMPORTANCE_PAIR]
+    if all(p is not None and p.name in found for p in pair):
+        a_all, b_all = (found[p.name] for p in pair)  # type: ignore[union-attr]
+        for a, b in zip(a_all, b_all):
+            md.append(f"| spread between the two 5w1s_k1 searches | {a.what} | " + " | ".join(
+                f"{abs(a.mean.get(p, 0) - b.mean.get(p, 0)):.2f}" for p in params) + " | abs difference of the means |")
+        md += ["", f"![importances]({_draw_importances(params, pair, a_all, b_all, plots)})"]  # type: ignore[arg-type]
+    md += ["", *(f"- skipped: {s}" for s in skipped)] if skipped else []
+    return md + ["", (f"Each cell is the mean over {len(FANOVA_SEEDS)} fANOVA forests (seeds "
+                      f"{FANOVA_SEEDS[0]}–{FANOVA_SEEDS[-1]}), with their range: the estimator's own noise. "
+                      "Importances are normalised to sum to 1 per row. *Study objective* is what Optuna "
+                      "recorded: under ASHA each stopped trial's value when it stopped, so it mixes budgets and "
+                      "credits whatever learns fast; *at iteration N* is every trial's validation accuracy "
+                      "at ASHA's first rung, one budget for all. Two searches of one space that differ only "
+                      "in the sampler seed show how far one search's values can be trusted.")]
 
 
-def _draw_importances(params: Sequence[str], runs: Sequence[Path], a: Mapping[str, float],
-                      b: Mapping[str, float], plots: Path) -> Path:
-    fig = _figure(6.4, max(2.4, 0.5 * len(params) + 1.2))
-    ax = fig.add_subplot()
+def _draw_importances(params: Sequence[str], runs: Sequence[Path], a_all: Sequence[Importances],
+                      b_all: Sequence[Importances], plots: Path) -> Path:
+    fig = _figure(6.4 * len(a_all), max(2.4, 0.5 * len(params) + 1.2))
     ys = range(len(params))
-    ax.barh([y + 0.2 for y in ys], [a.get(p, 0) for p in params], height=0.4, label=runs[0].name)
-    ax.barh([y - 0.2 for y in ys], [b.get(p, 0) for p in params], height=0.4, label=runs[1].name)
-    ax.set_yticks(list(ys), list(params))
-    ax.legend(fontsize="small")
-    ax.set(xlabel="fANOVA importance", title="Two AHE searches, two sampler seeds (5w1s_k1)")
+    for i, (a, b) in enumerate(zip(a_all, b_all)):
+        ax = fig.add_subplot(1, len(a_all), i + 1)
+        for shift, result, run in ((0.2, a, runs[0]), (-0.2, b, runs[1])):
+            mean = [result.mean.get(p, 0) for p in params]
+            err = [[m - result.low.get(p, 0) for p, m in zip(params, mean)],
+                   [result.high.get(p, 0) - m for p, m in zip(params, mean)]]
+            ax.barh([y + shift for y in ys], mean, height=0.4, xerr=err, label=run.name)
+        ax.set_yticks(list(ys), list(params))
+        ax.legend(fontsize="small")
+        ax.set(xlabel="fANOVA importance (bar: forest range)", title=f"5w1s_k1, two sampler seeds: {a.what}")
     path = plots / "importances_5w1s_k1.png"
     fig.savefig(path)
     return path

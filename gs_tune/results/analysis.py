@@ -1,7 +1,7 @@
 """What summary and report share: the objective(s) of a run, ranking, Pareto fronts, Optuna importances.
 
-Pure functions over plain rows (``pa.Table.to_pylist()``), plus the study reader;
-no Ray, so they work on any finished or interrupted run directory.
+Pure functions over plain rows (``pa.Table.to_pylist()``), plus the study reader (and the tables, for
+importances at one iteration); no Ray, so they work on any finished or interrupted run directory.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from gs_tune.errors import RunDirError
 from gs_tune.results._values import is_finite
 from gs_tune.results.schema import PARAM_PREFIX
+from gs_tune.results.tables import read_metrics, read_trials
 from gs_tune.rundir import DEFAULT_OBJECTIVE, RUN_FILE, STUDY_FILE, Objective, read_run
 
 __all__ = ["DEFAULT_OBJECTIVE", "Objective", "open_study", "param_importances", "pareto_mask", "pareto_rows",
@@ -136,31 +137,86 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def param_importances(run_dir: str | os.PathLike[str]) -> tuple[dict[str, float] | None, str]:
-    """Optuna parameter importances (fANOVA) of the study's first objective, or (None, why not)."""
+def param_importances(run_dir: str | os.PathLike[str], *, at_iteration: int | None = None,
+                      seed: int = 0) -> tuple[dict[str, float] | None, str]:
+    """Optuna parameter importances (fANOVA, forest ``seed``) of the study's first objective, or
+    (None, why not).
+
+    With ``at_iteration``, of that objective's metric at one iteration instead (metrics.parquet),
+    over every trial that reported it there. Under ASHA a stopped trial enters the study with its
+    value when stopped, so the study's own values mix budgets and reward fast starters; at the
+    first rung every trial has run the same budget."""
     import optuna
 
-    with open_study(run_dir) as (study, reason):
-        if study is None:
-            return None, reason
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if len(complete) < 2:
-            return None, f"needs at least 2 completed trials in study.db, found {len(complete)}"
-        multi = len(study.directions) > 1
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.ERROR)  # no "study created" lines for the in-memory study
+    try:
+        with open_study(run_dir) as (study, reason):
+            if study is None:
+                return None, reason
+            if at_iteration is not None:
+                study, reason = _study_at(run_dir, study, at_iteration)
+                if study is None:
+                    return None, reason
+            return _importances(study, reason if at_iteration is not None else None, seed)
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def _importances(study: Any, at: str | None, seed: int) -> tuple[dict[str, float] | None, str]:
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        what = f"trials with {at}" if at is not None else "completed trials in study.db"
+        return None, f"needs at least 2 {what}, found {len(complete)}"
+    multi = len(study.directions) > 1
+    try:
+        evaluator, method = optuna.importance.FanovaImportanceEvaluator(seed=seed), "fANOVA"
+    except ImportError:  # fANOVA needs scikit-learn; PED-ANOVA does not
+        evaluator, method = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, target=(lambda t: t.values[0]) if multi else None)
+    except Exception as exc:  # noqa: BLE001 - e.g. every parameter constant so far
+        return None, f"{type(exc).__name__}: {_first_line(exc)}"
+    if at is not None:
+        return dict(result), f"{method} over {len(complete)} trials, {at}"
+    source = "first objective of the study" if multi else "study objective"
+    return dict(result), f"{method} over {len(complete)} completed trials, {source}"
+
+
+def _study_at(run_dir: str | os.PathLike[str], study: Any, iteration: int) -> tuple[Any, str]:
+    """An in-memory study of every trial's first-objective metric at ``iteration``: the searched
+    parameters as trials.parquet records them, their distributions as study.db does."""
+    import optuna
+
+    try:
+        recorded = read_run(run_dir).objectives if (Path(run_dir) / RUN_FILE).is_file() else ()
+        metrics, trials = read_metrics(run_dir), read_trials(run_dir).to_pylist()
+    except RunDirError as exc:
+        return None, str(exc)
+    metric = (recorded[0] if recorded else DEFAULT_OBJECTIVE).metric
+    if metric not in metrics.column_names:
+        return None, f"metrics.parquet has no {metric!r} column"
+    value = {(r["trial_id"], r["iteration"]): r[metric] for r in metrics.select(["trial_id", "iteration", metric])
+             .to_pylist() if is_finite(r[metric])}
+    distributions: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        distributions.update(trial.distributions)
+    at = optuna.create_study(direction="maximize")  # fANOVA's importances do not depend on the direction
+    short = 0
+    for row in trials:
+        if (row["trial_id"], iteration) not in value:
+            short += 1
+            continue
+        params = {name: row.get(PARAM_PREFIX + name) for name in distributions}
         try:
-            evaluator, method = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
-        except ImportError:  # fANOVA needs scikit-learn; PED-ANOVA does not
-            evaluator, method = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
-        level = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = optuna.importance.get_param_importances(
-                    study, evaluator=evaluator, target=(lambda t: t.values[0]) if multi else None)
-        except Exception as exc:  # noqa: BLE001 - e.g. every parameter constant so far
-            return None, f"{type(exc).__name__}: {_first_line(exc)}"
-        finally:
-            optuna.logging.set_verbosity(level)
-        source = "first objective of the study" if multi else "study objective"
-        return dict(result), f"{method} over {len(complete)} completed trials, {source}"
+            at.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                   value=value[row["trial_id"], iteration]))
+        except ValueError as exc:  # a value outside the study's distribution: tables and study disagree
+            return None, f"trial {row['trial_id']}: {_first_line(exc)}"
+    left = f"; {short} without a value there left out" if short else ""
+    return at, f"{metric} at iteration {iteration} (one budget for all{left})"

@@ -21,6 +21,7 @@ import pyarrow as pa
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gs_tune.errors import RunDirError
 from gs_tune.fileio import atomic_write_text
 from gs_tune.results._values import is_finite
 from gs_tune.results.analysis import (
@@ -45,7 +46,7 @@ from gs_tune.results.evaluation import (
 from gs_tune.results.schema import PARAM_PREFIX
 from gs_tune.results.summary import fmt, status_counts
 from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
-from gs_tune.rundir import EVALUATION_FILE, METRICS_FILE, REPORT_DIR
+from gs_tune.rundir import EVALUATION_FILE, METRICS_FILE, REPORT_DIR, read_space
 from gs_tune.stats import Interval
 
 Rows = Sequence[Mapping[str, Any]]
@@ -189,12 +190,12 @@ def draw_history(data: HistoryData, path: Path) -> Path:
     return path
 
 
-def draw_importances(importances: Mapping[str, float], path: Path) -> Path:
+def draw_importances(importances: Mapping[str, float], path: Path, title: str = "Parameter importances") -> Path:
     names = list(importances)[::-1]  # largest on top
     fig = _figure(6.4, max(2.0, 0.35 * len(names) + 1.0))
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names], color="C0")
-    ax.set(xlabel="importance (normalised)", title="Parameter importances")
+    ax.set(xlabel="importance (normalised)", title=title)
     fig.savefig(path)
     return path
 
@@ -317,6 +318,30 @@ def _evaluation_section(run_dir: Path, out: Path) -> list[str]:
     return md
 
 
+def _importances_section(run_dir: Path, out: Path) -> list[str]:
+    md: list[str] = []
+    importances, note = param_importances(run_dir)
+    if importances:
+        md += [f"{note}.", "", f"![importances]({draw_importances(importances, out / 'importances.png').name})"]
+    else:
+        md.append(f"Skipped: {note}.")
+    try:
+        scheduler = read_space(run_dir).scheduler
+    except RunDirError:  # an older run without space.yaml: its scheduler is unknown
+        scheduler = None
+    if scheduler is None:
+        return md
+    rung = scheduler.grace_period
+    md += ["", (f"Under ASHA a stopped trial enters the study with its value when it stopped, so the values "
+               f"above mix budgets and favour fast starters. At ASHA's first rung (iteration {rung}) every "
+               "trial had run the same budget:"), ""]
+    at_rung, note = param_importances(run_dir, at_iteration=rung)
+    if at_rung:
+        drawn = draw_importances(at_rung, out / "importances_rung.png", f"Parameter importances at iteration {rung}")
+        return md + [f"{note}.", "", f"![importances at iteration {rung}]({drawn.name})"]
+    return md + [f"Skipped: {note}."]
+
+
 def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
     """Write RUN_DIR/report/*.png and RUN_DIR/report/report.md; returns the report.md path."""
     run_dir = Path(run_dir)
@@ -340,12 +365,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
 
     history = draw_history(history_data(rows, objective), out / "history.png")
     md += ["", "## Optimisation history", "", f"![history]({history.name})"]
-    md += ["", "## Parameter importances", ""]
-    importances, note = param_importances(run_dir)
-    if importances:
-        md += [f"{note}.", "", f"![importances]({draw_importances(importances, out / 'importances.png').name})"]
-    else:
-        md.append(f"Skipped: {note}.")
+    md += ["", "## Parameter importances", "", *_importances_section(run_dir, out)]
     slices = slice_data(rows, objective, searched_params(run_dir, rows, numeric_only=True))
     md += ["", "## Parameter slices", ""]
     md += [f"![{s.param}]({draw_slice(s, out / f'slice_{_safe(s.param)}.png').name})" for s in slices]

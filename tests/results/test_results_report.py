@@ -8,10 +8,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from results_helpers import FIXED, SEARCH
 
 from gs_tune.results.analysis import DEFAULT_OBJECTIVE, Objective
 from gs_tune.results.report import curves_data, history_data, pareto_data, slice_data, write_report
 from gs_tune.results.tables import read_metrics, read_trials, write_evaluation
+from gs_tune.rundir import new_run_info, write_run
+from gs_tune.search.space import parse_space
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,3 +129,21 @@ def test_search_section_shows_no_test_values(make_run) -> None:
     md = write_report(run).read_text().replace(str(run), "RUN_DIR")
     search, test = md.split("## Test split")
     assert "test" not in search.lower() and "50.00% ± 2.00% | 600 test tasks" in test
+
+
+@pytest.mark.parametrize("grace", [200, 250])
+def test_report_of_an_asha_search_adds_importances_at_the_first_rung(make_run, grace: int) -> None:
+    run = make_run("single")
+    space = parse_space({"fixed": FIXED, "search": SEARCH, "objective": {"metric": "val_accuracy", "mode": "max"},
+                         "scheduler": {"name": "asha", "grace_period": grace}}, run.name)
+    write_run(run, new_run_info(run, space), space)
+    names = _check_pngs(write_report(run))
+    md = (run / "report" / "report.md").read_text()
+    assert f"At ASHA's first rung (iteration {grace})" in md
+    if grace == 200:  # t4 diverged at 100; the five others reported at 200
+        assert "importances_rung.png" in names
+        assert ("fANOVA over 5 trials, val_accuracy at iteration 200 (one budget for all; "
+                "1 without a value there left out).") in md
+    else:  # no trial validated at 250
+        assert "importances_rung.png" not in names and "importances.png" in names
+        assert "Skipped: needs at least 2 trials with val_accuracy at iteration 250" in md

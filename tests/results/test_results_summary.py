@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.distributions import FloatDistribution
+from results_helpers import empty_study_db, val_record
 from test_results_report import _with_old_test_columns
 
 from gs_tune.errors import RunDirError
@@ -19,7 +23,7 @@ from gs_tune.results.analysis import (
     searched_params,
 )
 from gs_tune.results.summary import summarize
-from gs_tune.results.tables import read_trials
+from gs_tune.results.tables import ResultsWriter, read_trials
 from gs_tune.rundir import new_run_info, read_run, write_run
 from gs_tune.search.space import parse_space
 
@@ -139,3 +143,43 @@ def test_summary_shows_no_test_values(make_run) -> None:
     run = _with_old_test_columns(make_run("single"))
     text = summarize(run, top_k=10).replace(str(run), "RUN_DIR")  # pytest's tmp path says "test"
     assert "test" not in text.lower() and "0.98" not in text and "3.22" not in text
+
+
+def test_importances_at_one_iteration_take_every_trial_that_reached_it(make_run) -> None:
+    run = make_run("single")
+    values, note = param_importances(run, at_iteration=200)
+    assert set(values or {}) == {"algorithm", "w_cos", "inner_lr"}
+    # t4 diverged at iteration 100: left out, and said so
+    assert note == ("fANOVA over 5 trials, val_accuracy at iteration 200 "
+                    "(one budget for all; 1 without a value there left out)")
+    assert param_importances(run, at_iteration=250) == (
+        None, ("needs at least 2 trials with val_accuracy at iteration 250 "
+               "(one budget for all; 6 without a value there left out), found 0"))
+
+
+def test_importances_at_one_iteration_read_that_iteration_not_the_study(tmp_path: Path) -> None:
+    """Under ASHA the study holds each trial's value when it stopped; the same-budget importances
+    must come from metrics.parquet. Here the study's values follow w_cos only and the values at
+    iteration 100 follow inner_lr only, so the two answers point at different parameters."""
+    run = tmp_path / "asha"
+    space = parse_space({"search": {"w_cos": {"uniform": [0.0, 1.0]}, "inner_lr": {"uniform": [0.05, 0.8]}},
+                         "objective": {"metric": "val_accuracy", "mode": "max"}}, run.name)
+    run.mkdir()
+    write_run(run, new_run_info(run, space), space)
+    shutil.copy(empty_study_db(tmp_path / "empty.db"), run / "study.db")
+    study = optuna.create_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}", direction="maximize")
+    distributions = {"w_cos": FloatDistribution(0.0, 1.0), "inner_lr": FloatDistribution(0.05, 0.8)}
+    writer = ResultsWriter(run)
+    grid = [(a / 3, 0.05 + 0.25 * b) for a in range(4) for b in range(4)]
+    for i, (w_cos, inner_lr) in enumerate(grid):
+        params = {"w_cos": w_cos, "inner_lr": inner_lr}
+        writer.on_report(f"t{i}", val_record(100, 0.2 + 0.6 * inner_lr, 0.1), params)
+        writer.on_trial_end(f"t{i}", "early_stopped")
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=w_cos))
+    writer.close()
+    at_100, note = param_importances(run, at_iteration=100)
+    assert note.startswith("fANOVA over 16 trials, val_accuracy at iteration 100")
+    assert at_100 is not None and at_100["inner_lr"] > 0.9
+    objective, note = param_importances(run)
+    assert note == "fANOVA over 16 completed trials, study objective"
+    assert objective is not None and objective["w_cos"] > 0.9
