@@ -318,7 +318,7 @@ def _evaluation_section(run_dir: Path, out: Path) -> list[str]:
     return md
 
 
-def _importances_section(run_dir: Path, out: Path) -> list[str]:
+def _importances_section(run_dir: Path, metrics: Rows, out: Path) -> list[str]:
     md: list[str] = []
     importances, note = param_importances(run_dir)
     if importances:
@@ -331,7 +331,9 @@ def _importances_section(run_dir: Path, out: Path) -> list[str]:
         scheduler = None
     if scheduler is None:
         return md
-    rung = scheduler.grace_period
+    # ASHA compares trials at the first validation at or past its grace period
+    validated = [r["iteration"] for r in metrics if is_finite(r.get("val_accuracy"))]
+    rung = min((i for i in validated if i >= scheduler.grace_period), default=scheduler.grace_period)
     md += ["", (f"Under ASHA a stopped trial enters the study with its value when it stopped, so the values "
                f"above mix budgets and favour fast starters. At ASHA's first rung (iteration {rung}) every "
                "trial had run the same budget:"), ""]
@@ -365,7 +367,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
 
     history = draw_history(history_data(rows, objective), out / "history.png")
     md += ["", "## Optimisation history", "", f"![history]({history.name})"]
-    md += ["", "## Parameter importances", "", *_importances_section(run_dir, out)]
+    md += ["", "## Parameter importances", "", *_importances_section(run_dir, metrics, out)]
     slices = slice_data(rows, objective, searched_params(run_dir, rows, numeric_only=True))
     md += ["", "## Parameter slices", ""]
     md += [f"![{s.param}]({draw_slice(s, out / f'slice_{_safe(s.param)}.png').name})" for s in slices]
