@@ -9,7 +9,8 @@ those files. Printed, as Markdown: the protocol as the runs record it (with any 
 budget between them), then per setting the test table, the paired differences from tuned
 first-order MAML, the tuning gain over untuned AHE and the Hessian question; the efficiency table
 at K = 5 with its Pareto plot; the learning curves of each method's best trial; the parameter
-importances of the AHE searches with their spread. It works on a study that has not finished: what
+importances of the AHE searches with their spread; what the data and the design let the study say.
+It works on a study that has not finished: what
 is missing is said so. Plots (PNG) go to --plots.
 """
 
@@ -30,6 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gs_tune.config import TrainConfig
+from gs_tune.data.digits import DIGIT_SPLITS, NEAR_DUPLICATES, TRANSFORMS
 from gs_tune.results.analysis import open_study, param_importances, pareto_mask
 from gs_tune.results.evaluation import (
     CI_NOTE,
@@ -228,6 +230,35 @@ def protocol(study: Study) -> list[str]:
         md.append(f"- Budget of {who}: {items}.")
     if len(budgets) > 1:
         md.append("- **Deviation: the searches above do not share one budget.**")
+    return md
+
+
+def scope(study: Study) -> list[str]:
+    """What the data and the design let the study say, from the split definition and the runs; the
+    reading of the results themselves is written beside this output, in BENCHMARKS.md."""
+    kept = {d: len(TRANSFORMS) - len(NEAR_DUPLICATES.get(d, ())) for d in DIGIT_SPLITS["test"]}
+    classes = sum(kept.values())
+    digits = ", ".join(str(d) for d in DIGIT_SPLITS["test"])
+    md = ["### What this study can and cannot say", "",
+          (f"- **Small data.** The test split is {len(kept)} handwritten digits ({digits}) under their distinct "
+           f"symmetries: {classes} classes, about 180 8×8 images per digit. Every test task is drawn from those "
+           f"{classes} classes, so however many tasks a seed draws, they probe {len(kept)} digit shapes, not as "
+           "many independent problems: a task interval says how well the mean over those tasks is pinned down, "
+           "not how a method would do on another dataset.")]
+    full = sorted({run.name for roles in study.settings.values() for run in roles.values()
+                   if (run / "space.yaml").is_file() and read_space(run).fixed.get("ways") == classes})
+    if full:
+        md.append(f"- **{classes}-way tasks are strongly correlated.** {classes}-way is every test class at once "
+                  f"({', '.join(f'`{n}`' for n in full[:2])}{', …' if len(full) > 2 else ''}): the tasks differ "
+                  "only in which images are support and which query, so their interval is far too narrow as a "
+                  "statement about new tasks. There, read the interval over seeds.")
+    md += [("- **What the intervals hold.** An interval over seeds is Student's t over the fresh training seeds "
+           "of one tuned configuration: it holds the training-seed variance, not the variance of the search. "
+           "Each method was searched once (one sampler seed), so another search could pick another "
+           "configuration; the two 5w1s_k1 AHE searches show that spread for the importances only."),
+           ("- **Cost is this machine's.** Seconds per meta-iteration are one CPU thread per run on a 2-core "
+           "machine; on a GPU the ratios between methods differ (§1). Conv-4 with 32 filters on 28×28 "
+           "upsampled digits says nothing directly about mini-ImageNet-sized problems.")]
     return md
 
 
@@ -506,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     for setting in study.settings:
         md += ["", f"### {setting}", "", *test_section(study, setting, plots), "",
                f"#### Learning curves, {setting}", "", *curves(study, setting, plots)]
-    md += ["", *efficiency(study, plots), "", *importances(study, plots)]
+    md += ["", *efficiency(study, plots), "", *importances(study, plots), "", *scope(study)]
     text = "\n".join(md) + "\n"
     sys.stdout.write(text)
     if args.out:
