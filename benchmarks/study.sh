@@ -129,20 +129,36 @@ done
 # num_samples; the count `gs-tune launch` itself uses to call a search interrupted).
 run_state() {
   "$PY" - "$1" <<'EOF'
+import os
 import sys
 from pathlib import Path
 from gs_tune.results.tables import read_trials
 from gs_tune.rundir import EXPERIMENT, RUN_FILE, RUNNING, TRIALS_FILE, read_space
 run = Path(sys.argv[1])
 if not run.is_dir() or not any(run.iterdir()):
-    print("new")
+    state = "new"
 elif not (run / RUN_FILE).is_file() or not any((run / EXPERIMENT).glob("experiment_state*.json")):
-    print("broken")
+    state = "broken"
 else:
     rows = read_trials(run).to_pylist() if (run / TRIALS_FILE).is_file() else []
     ended = sum(1 for r in rows if r["status"] != RUNNING)
-    print("done" if ended >= read_space(run).num_samples else "unfinished")
+    state = "done" if ended >= read_space(run).num_samples else "unfinished"
+print(state, flush=True)
+# Skip interpreter finalization: a gs_tune older than read_table_file leaves Arrow work behind
+# that can abort the process at exit (apache/arrow#34314), which set -e would take for a failure.
+os._exit(0)
 EOF
+}
+
+# A gs-tune that exits non-zero after its work is complete and published (the same Arrow abort at
+# exit, in a gs_tune older than its fix) must not end a study that would only be resumed into a
+# "done, skipped"; anything else stops the study, to be continued by running study.sh again.
+finished_anyway() {  # STATUS WHAT DONE(0|1)
+  if [ "$1" != 0 ] && [ "$3" = 1 ]; then
+    note "$2: gs-tune exited with status $1 after its results were complete; going on"
+  elif [ "$1" != 0 ]; then
+    note "$2: gs-tune exited with status $1; stopping (run study.sh again to continue)"; exit "$1"
+  fi
 }
 
 search() {  # SETTING ROLE NAME SPACE FIX...: one search, launched, resumed or skipped
@@ -155,14 +171,16 @@ search() {  # SETTING ROLE NAME SPACE FIX...: one search, launched, resumed or s
     note "$name: no trial state (killed while starting); moved to $dir.broken-$$, launching again"
     mv "$dir" "$dir.broken-$$"; state=new
   fi
+  local rc=0
   case $state in
     done) note "$name: done, skipped"; return ;;
     new) note "$name: launch"
          "$B" launch --space "$RUNS/spaces/$space.yaml" --runs-dir "$RUNS" --name "$name" "${fixes[@]}" \
-           "${LAUNCH_EXTRA[@]}" ;;
-    unfinished) note "$name: resume"; "$B" resume "$dir" ;;
+           "${LAUNCH_EXTRA[@]}" || rc=$? ;;
+    unfinished) note "$name: resume"; "$B" resume "$dir" || rc=$? ;;
   esac
   state=$(run_state "$dir")
+  finished_anyway "$rc" "$name" "$([ "$state" = done ] && echo 1 || echo 0)"
   [ "$state" = done ] || note "WARNING: $name is $state after the search returned; its finished trials are used"
 }
 
@@ -176,8 +194,10 @@ evaluate() {  # SETTING AHE_RUN IDENTITY_RUN ALGORITHMS BASELINE_RUN...
   # algorithm listed in --baselines over the --baselines-run directories, so `ahe` there is the
   # identity run's best trial (no other baselines run has an ahe trial). It is then retrained in
   # the same evaluation, on the same seeds and test tasks, and every pair stays paired.
+  local rc=0
   "$B" evaluate "$ahe" --seeds "$SEEDS" --tasks "$TASKS" --baselines "$algorithms" \
-    --reference fomaml "${runs[@]}" "${EVAL_EXTRA[@]}"
+    --reference fomaml "${runs[@]}" "${EVAL_EXTRA[@]}" || rc=$?
+  finished_anyway "$rc" "$setting: evaluate" "$([ -f "$ahe/evaluation.parquet" ] && echo 1 || echo 0)"
 }
 
 setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps (Reptile: shared)
@@ -223,7 +243,7 @@ done
 
 note "reports"
 cut -f3 "$MANIFEST" | tail -n +2 | sort -u | while read -r name; do
-  "$B" report "$RUNS/$name" > /dev/null
+  "$B" report "$RUNS/$name" > /dev/null || note "$name: gs-tune report exited with status $?; going on"
 done
 note "tables and plots"
 "$PY" benchmarks/study.py --runs "$RUNS" --plots "$PLOTS" --out "$RUNS/study.md"
