@@ -245,11 +245,12 @@ def scope(study: Study) -> list[str]:
            f"{classes} classes, so however many tasks a seed draws, they probe {len(kept)} digit shapes, not as "
            "many independent problems: a task interval says how well the mean over those tasks is pinned down, "
            "not how a method would do on another dataset.")]
-    full = sorted({run.name for roles in study.settings.values() for run in roles.values()
-                   if (run / "space.yaml").is_file() and read_space(run).fixed.get("ways") == classes})
+    full = [setting for setting, roles in study.settings.items()
+            if any((run / "space.yaml").is_file() and read_space(run).fixed.get("ways") == classes
+                   for run in roles.values())]
     if full:
         md.append(f"- **{classes}-way tasks are strongly correlated.** {classes}-way is every test class at once "
-                  f"({', '.join(f'`{n}`' for n in full[:2])}{', …' if len(full) > 2 else ''}): the tasks differ "
+                  f"({', '.join(f'`{n}`' for n in full)}): the tasks differ "
                   "only in which images are support and which query, so their interval is far too narrow as a "
                   "statement about new tasks. There, read the interval over seeds.")
     md += [("- **What the intervals hold.** An interval over seeds is Student's t over the fresh training seeds "
