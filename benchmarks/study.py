@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from gs_tune.config import TrainConfig
 from gs_tune.data.digits import DIGIT_SPLITS, NEAR_DUPLICATES, TRANSFORMS
-from gs_tune.results.analysis import open_study, param_importances, pareto_mask
+from gs_tune.results.analysis import asha_rung, open_study, param_importances, pareto_mask
 from gs_tune.results.evaluation import (
     CI_NOTE,
     PAIRS_NOTE,
@@ -470,8 +470,8 @@ def importances(study: Study, plots: Path) -> list[str]:
             run = roles.get(role)
             if run is None or not (run / "study.db").is_file():
                 continue
-            scheduler = read_space(run).scheduler
-            for at in (None, scheduler.grace_period if scheduler else None)[: 2 if scheduler else 1]:
+            rung = asha_rung(run)
+            for at in (None,) if rung is None else (None, rung):
                 result = _importances(run, at)
                 if isinstance(result, str):
                     skipped.append(f"`{run.name}` ({'study objective' if at is None else f'at iteration {at}'}): "

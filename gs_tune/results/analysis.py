@@ -18,9 +18,17 @@ from gs_tune.errors import RunDirError
 from gs_tune.results._values import is_finite
 from gs_tune.results.schema import PARAM_PREFIX
 from gs_tune.results.tables import read_metrics, read_trials
-from gs_tune.rundir import DEFAULT_OBJECTIVE, RUN_FILE, STUDY_FILE, Objective, read_run
+from gs_tune.rundir import (
+    DEFAULT_OBJECTIVE,
+    METRICS_FILE,
+    RUN_FILE,
+    STUDY_FILE,
+    Objective,
+    read_run,
+    read_space,
+)
 
-__all__ = ["DEFAULT_OBJECTIVE", "Objective", "open_study", "param_importances", "pareto_mask", "pareto_rows",
+__all__ = ["DEFAULT_OBJECTIVE", "Objective", "asha_rung", "open_study", "param_importances", "pareto_mask", "pareto_rows",
            "rank", "resolve_objectives", "searched_params", "varying_params"]
 
 
@@ -186,6 +194,23 @@ def _importances(study: Any, at: str | None, seed: int) -> tuple[dict[str, float
         return dict(result), f"{method} over {len(complete)} trials, {at}"
     source = "first objective of the study" if multi else "study objective"
     return dict(result), f"{method} over {len(complete)} completed trials, {source}"
+
+
+def asha_rung(run_dir: str | os.PathLike[str]) -> int | None:
+    """The iteration of the run's first ASHA rung: its first validation at or past the grace period
+    (ASHA compares trials on the report that reaches it); None without ASHA or a space.yaml."""
+    try:
+        scheduler = read_space(run_dir).scheduler
+    except RunDirError:
+        return None
+    if scheduler is None:
+        return None
+    grace = scheduler.grace_period
+    if not (Path(run_dir) / METRICS_FILE).is_file():
+        return grace
+    table = read_metrics(run_dir).select(["iteration", "val_accuracy"]).to_pylist()
+    return min((r["iteration"] for r in table if r["iteration"] >= grace and is_finite(r["val_accuracy"])),
+               default=grace)
 
 
 def _study_at(run_dir: str | os.PathLike[str], study: Any, iteration: int) -> tuple[Any, str]:

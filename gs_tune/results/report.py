@@ -21,12 +21,12 @@ import pyarrow as pa
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gs_tune.errors import RunDirError
 from gs_tune.fileio import atomic_write_text
 from gs_tune.results._values import is_finite
 from gs_tune.results.analysis import (
     DEFAULT_OBJECTIVE,
     Objective,
+    asha_rung,
     param_importances,
     pareto_mask,
     rank,
@@ -46,7 +46,7 @@ from gs_tune.results.evaluation import (
 from gs_tune.results.schema import PARAM_PREFIX
 from gs_tune.results.summary import fmt, status_counts
 from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
-from gs_tune.rundir import EVALUATION_FILE, METRICS_FILE, REPORT_DIR, read_space
+from gs_tune.rundir import EVALUATION_FILE, METRICS_FILE, REPORT_DIR
 from gs_tune.stats import Interval
 
 Rows = Sequence[Mapping[str, Any]]
@@ -318,22 +318,16 @@ def _evaluation_section(run_dir: Path, out: Path) -> list[str]:
     return md
 
 
-def _importances_section(run_dir: Path, metrics: Rows, out: Path) -> list[str]:
+def _importances_section(run_dir: Path, out: Path) -> list[str]:
     md: list[str] = []
     importances, note = param_importances(run_dir)
     if importances:
         md += [f"{note}.", "", f"![importances]({draw_importances(importances, out / 'importances.png').name})"]
     else:
         md.append(f"Skipped: {note}.")
-    try:
-        scheduler = read_space(run_dir).scheduler
-    except RunDirError:  # an older run without space.yaml: its scheduler is unknown
-        scheduler = None
-    if scheduler is None:
+    rung = asha_rung(run_dir)
+    if rung is None:
         return md
-    # ASHA compares trials at the first validation at or past its grace period
-    validated = [r["iteration"] for r in metrics if is_finite(r.get("val_accuracy"))]
-    rung = min((i for i in validated if i >= scheduler.grace_period), default=scheduler.grace_period)
     md += ["", (f"Under ASHA a stopped trial enters the study with its value when it stopped, so the values "
                f"above mix budgets and favour fast starters. At ASHA's first rung (iteration {rung}) every "
                "trial had run the same budget:"), ""]
@@ -367,7 +361,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
 
     history = draw_history(history_data(rows, objective), out / "history.png")
     md += ["", "## Optimisation history", "", f"![history]({history.name})"]
-    md += ["", "## Parameter importances", "", *_importances_section(run_dir, metrics, out)]
+    md += ["", "## Parameter importances", "", *_importances_section(run_dir, out)]
     slices = slice_data(rows, objective, searched_params(run_dir, rows, numeric_only=True))
     md += ["", "## Parameter slices", ""]
     md += [f"![{s.param}]({draw_slice(s, out / f'slice_{_safe(s.param)}.png').name})" for s in slices]

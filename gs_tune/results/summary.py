@@ -15,6 +15,7 @@ from typing import Any
 
 from gs_tune.results.analysis import (
     Objective,
+    asha_rung,
     param_importances,
     pareto_rows,
     rank,
@@ -104,12 +105,17 @@ def summarize(run_dir: str | os.PathLike[str], top_k: int = 5) -> str:
         out.append(f"Failed trials ({len(failed)}), last line of each error:")
         out += [f"  {r['trial_id']}: {str(r['error']).strip().splitlines()[-1][:100]}" for r in failed[:5]]
     out.append("")
-    importances, note = param_importances(run_dir)
-    if importances is None:
-        out.append(f"Parameter importances: skipped ({note}).")
-    else:
-        out.append(f"Parameter importances ({note}):")
-        width = max((len(k) for k in importances), default=0)
-        for name, value in importances.items():
-            out.append(f"  {name.ljust(width)}  {value:6.3f}  {'#' * round(value * 40)}")
+    out += _importance_lines("Parameter importances", *param_importances(run_dir))
+    rung = asha_rung(run_dir)
+    if rung is not None:  # the study's values mix ASHA's budgets; at the first rung all had the same
+        out += _importance_lines("Parameter importances at ASHA's first rung",
+                                 *param_importances(run_dir, at_iteration=rung))
     return "\n".join(out)
+
+
+def _importance_lines(title: str, importances: Mapping[str, float] | None, note: str) -> list[str]:
+    if importances is None:
+        return [f"{title}: skipped ({note})."]
+    width = max((len(k) for k in importances), default=0)
+    return [f"{title} ({note}):",
+            *(f"  {name.ljust(width)}  {value:6.3f}  {'#' * round(value * 40)}" for name, value in importances.items())]

@@ -10,13 +10,14 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
-from results_helpers import empty_study_db, val_record
+from results_helpers import FIXED, SEARCH, empty_study_db, val_record
 from test_results_report import _with_old_test_columns
 
 from gs_tune.errors import RunDirError
 from gs_tune.results.analysis import (
     DEFAULT_OBJECTIVE,
     Objective,
+    asha_rung,
     param_importances,
     pareto_mask,
     resolve_objectives,
@@ -183,3 +184,19 @@ def test_importances_at_one_iteration_read_that_iteration_not_the_study(tmp_path
     objective, note = param_importances(run)
     assert note == "fANOVA over 16 completed trials, study objective"
     assert objective is not None and objective["w_cos"] > 0.9
+
+
+def test_summary_of_an_asha_search_adds_importances_at_the_first_rung(make_run) -> None:
+    run = make_run("single")
+    assert asha_rung(run) is None  # no scheduler in its space
+    space = parse_space({"fixed": FIXED, "search": SEARCH, "objective": {"metric": "val_accuracy", "mode": "max"},
+                         "scheduler": {"name": "asha", "grace_period": 150}}, run.name)
+    write_run(run, new_run_info(run, space), space)
+    assert asha_rung(run) == 200  # the first validation at or past the grace period
+    text = summarize(run)
+    assert "Parameter importances (fANOVA over 5 completed trials, study objective):" in text
+    assert ("Parameter importances at ASHA's first rung (fANOVA over 5 trials, val_accuracy at iteration 200 "
+            "(one budget for all; 1 without a value there left out)):") in text
+    (run / "metrics.parquet").unlink()
+    assert asha_rung(run) == 150
+    assert "Parameter importances at ASHA's first rung: skipped (" in summarize(run)
