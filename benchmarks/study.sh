@@ -24,7 +24,9 @@
 # DURATION (an estimate, not a measurement): ~32 hours of wall clock on 2 CPU cores, searches
 # ~18 h and evaluations ~14 h; per setting, in the order run: 5w1s_k1 ~11 h (its second AHE search
 # and the one 5-way Reptile search and retraining included), 5w1s_k5 ~7 h, 20w1s_k1 ~14 h. Read it
-# as +-30%, and slower on a machine shared with other work. Reptile is almost half of it (K of 3-10
+# as +-30%, and slower on a machine shared with other work. Measured so far (BENCHMARKS §4): the
+# per-iteration costs hold, but ASHA completes more trials than the simulation below assumed (MAML at
+# K = 5: 24,000 meta-iterations, not ~15,000), so read ~40 hours. Reptile is almost half of it (K of 3-10
 # steps, each on support and query). Worked out from:
 # * seconds per meta-iteration on one core, unloaded, from BENCHMARKS.md §4's retraining rows:
 #   first-order MAML 0.164 s at 5-way K = 1 and 0.276 s at 20-way (query 5), MAML 0.406 s at 20-way;
