@@ -446,7 +446,7 @@ class Importances:
         return f"{self.mean[param]:.2f} ({self.low[param]:.2f}–{self.high[param]:.2f})"
 
 
-def _importances(run: Path, at_iteration: int | None) -> Importances | str:
+def _importances(run: Path, at_iteration: int | None, what: str) -> Importances | str:
     per_seed = []
     for seed in FANOVA_SEEDS:
         values, note = param_importances(run, at_iteration=at_iteration, seed=seed)
@@ -454,7 +454,7 @@ def _importances(run: Path, at_iteration: int | None) -> Importances | str:
             return note
         per_seed.append(values)
     params = sorted(per_seed[0])
-    return Importances("study objective" if at_iteration is None else f"at iteration {at_iteration}", note,
+    return Importances(what, note,
                        {p: sum(v[p] for v in per_seed) / len(per_seed) for p in params},
                        {p: min(v[p] for v in per_seed) for p in params},
                        {p: max(v[p] for v in per_seed) for p in params})
@@ -472,10 +472,10 @@ def importances(study: Study, plots: Path) -> list[str]:
                 continue
             rung = asha_rung(run)
             for at in (None,) if rung is None else (None, rung):
-                result = _importances(run, at)
+                what = "study objective" if at is None else f"at iteration {at}"
+                result = _importances(run, at, what)
                 if isinstance(result, str):
-                    skipped.append(f"`{run.name}` ({'study objective' if at is None else f'at iteration {at}'}): "
-                                   f"{result}")
+                    skipped.append(f"`{run.name}` ({what}): {result}")
                 else:
                     found.setdefault(run.name, []).append(result)
     md = ["### Parameter importances of the AHE searches", ""]
