@@ -48,6 +48,7 @@ from gs_tune.results.evaluation import (
 from gs_tune.results.report import curves_data, draw_evaluation, draw_pairs
 from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
 from gs_tune.rundir import EVALUATION_FILE, FINISHED, METRICS_FILE, TRIALS_FILE, read_run, read_space
+from gs_tune.stats import slope_interval
 
 Rows = list[dict[str, Any]]
 MANIFEST = "study.tsv"
@@ -399,9 +400,10 @@ def _draw_pareto(results: Sequence[MethodResult], front: Sequence[bool], iterati
 
 
 def curves(study: Study, setting: str, plots: Path) -> list[str]:
-    """Validation accuracy against iteration of each method's best trial, and how much it still
+    """Validation accuracy against iteration of each method's best trial, and how fast it still
     moved over the second half of training."""
-    md = ["| search | best trial | status | val accuracy at the end | at half-way | second-half change (pp) |",
+    md = [("| search | best trial | status | val accuracy at the end | second half: mean | "
+           "second half: slope (pp per 1,000 it.) |"),
           "|---|---|---|---|---|---|"]
     fig = _figure()
     ax = fig.add_subplot()
@@ -413,12 +415,20 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
             continue
         curve = curves_data([best], read_metrics(run))[0]
         its, acc = curve.iterations, curve.val_accuracy
-        half = min(range(len(its)), key=lambda i: abs(its[i] - its[-1] / 2))
         ci = best.get("final_val_ci95")
         end = f"{acc[-1] * 100:.1f}%" + (f" ± {ci * 100:.1f} (over {read_space(run).fixed.get('val_tasks')} "
                                           "val tasks)" if _finite(ci) else "")
+        second = [(i, a) for i, a in zip(its, acc) if i >= its[-1] / 2]
+        mean, slope = "-", "-"
+        if len(second) >= 2:
+            xs, ys = [i / 1000 for i, _ in second], [a * 100 for _, a in second]
+            mean = f"{sum(ys) / len(ys):.1f}% (it. {second[0][0]}-{second[-1][0]})"
+            iv = slope_interval(xs, ys, over="validations")
+            slope = (f"{iv.mean:+.1f}" if math.isnan(iv.half_width) else
+                     f"{iv.mean:+.1f} ({iv.mean - iv.half_width:+.1f} to {iv.mean + iv.half_width:+.1f}, "
+                     f"t over {iv.n} validations)")
         md.append(f"| `{run.name}` | {best['trial_id']} | {best['status']} ({its[-1]} it.) | {end} | "
-                  f"{acc[half] * 100:.1f}% (it. {its[half]}) | {(acc[-1] - acc[half]) * 100:+.1f} |")
+                  f"{mean} | {slope} |")
         ax.plot(its, [a * 100 for a in acc], marker="o", ms=3, label=f"{role} ({best['trial_id']})")
     if ax.lines:
         ax.legend(fontsize="small")
@@ -426,8 +436,14 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
            title=f"{setting}: best trial of each search (val split)")
     path = plots / f"curves_{setting}.png"
     fig.savefig(path)
-    return md + ["", ("A second-half change within the validation interval means the curve has flattened "
-                     "at this budget."), "", f"![curves]({path})"]
+    return md + ["", ("The slope is a least-squares line through the best trial's validations over the "
+                      "second half of training, with its 95% t-interval from their scatter around the "
+                      "line. Every validation of a trial uses the same val tasks, so the level's interval "
+                      "over tasks does not apply to changes along the curve; the scatter does. A slope "
+                      "interval that holds 0 and is narrow says the curve has flattened at this budget; "
+                      "one above 0 says more training would still gain. The best trial is the one with "
+                      "the highest validation at any point, so its curve's level is optimistic (chosen "
+                      "on these very validations); its slope much less so."), "", f"![curves]({path})"]
 
 
 @dataclasses.dataclass

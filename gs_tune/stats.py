@@ -58,3 +58,23 @@ def paired_difference(a: Sequence[float], b: Sequence[float], over: str) -> Inte
     if len(a) != len(b):
         raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
     return mean_interval([x - y for x, y in zip(a, b)], over)
+
+
+def slope_interval(xs: Sequence[float], ys: Sequence[float], over: str) -> Interval:
+    """Least-squares slope of ys on xs with its t-interval (n − 2 degrees of freedom, from the
+    residuals): how fast a curve still moves, judged against its own scatter around the line.
+    NaN half-width with fewer than 3 points or none off the line."""
+    if len(xs) != len(ys):
+        raise ValueError(f"slope needs equal lengths, got {len(xs)} and {len(ys)}")
+    n = len(xs)
+    if n < 2:
+        raise ValueError(f"slope needs at least 2 points, got {n}")
+    mx, my = math.fsum(xs) / n, math.fsum(ys) / n
+    sxx = math.fsum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("slope needs at least 2 distinct x values")
+    slope = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    if n < 3:
+        return Interval(slope, float("nan"), n, over)
+    rss = math.fsum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    return Interval(slope, t_quantile(n - 2) * math.sqrt(rss / (n - 2) / sxx), n, over)

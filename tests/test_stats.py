@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from scipy import stats as scipy_stats
 
-from gs_tune.stats import mean_interval, paired_difference, t_quantile
+from gs_tune.stats import mean_interval, paired_difference, slope_interval, t_quantile
 
 
 @pytest.mark.parametrize("df, q", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045), (599, 1.964)])
@@ -41,3 +42,25 @@ def test_paired_difference_cancels_the_shared_noise():
     assert diff.half_width < unpaired / 20
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference([1.0], [1.0, 2.0], over="seeds")
+
+
+def test_slope_interval_matches_scipys_regression():
+    xs = [1000, 1200, 1400, 1600, 1800, 2000]
+    ys = [0.809, 0.809, 0.826, 0.804, 0.802, 0.830]
+    fit = scipy_stats.linregress(xs, ys)
+    iv = slope_interval(xs, ys, over="validations")
+    assert iv.mean == pytest.approx(fit.slope, rel=1e-9)
+    assert iv.half_width == pytest.approx(2.776 * fit.stderr, rel=1e-3)  # t with n - 2 = 4 df
+    assert (iv.n, iv.over) == (6, "validations")
+
+
+def test_slope_of_points_on_a_line_is_exact_and_short_inputs_say_why():
+    iv = slope_interval([0, 1, 2, 3], [1.0, 1.5, 2.0, 2.5], over="points")
+    assert iv.mean == pytest.approx(0.5) and iv.half_width == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(slope_interval([0, 1], [0.0, 1.0], over="points").half_width)
+    with pytest.raises(ValueError, match="at least 2 points"):
+        slope_interval([0], [0.0], over="points")
+    with pytest.raises(ValueError, match="distinct x"):
+        slope_interval([1, 1, 1], [0.0, 1.0, 2.0], over="points")
+    with pytest.raises(ValueError, match="equal lengths"):
+        slope_interval([0, 1, 2], [0.0, 1.0], over="points")
