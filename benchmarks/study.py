@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from gs_tune.config import TrainConfig
 from gs_tune.data.digits import DIGIT_SPLITS, NEAR_DUPLICATES, TRANSFORMS
-from gs_tune.results.analysis import asha_rung, open_study, param_importances, pareto_mask
+from gs_tune.results.analysis import asha_rung, late_slope, open_study, param_importances, pareto_mask
 from gs_tune.results.evaluation import (
     CI_NOTE,
     PAIRS_NOTE,
@@ -45,10 +45,9 @@ from gs_tune.results.evaluation import (
     over_label,
     paired_results,
 )
-from gs_tune.results.report import curves_data, draw_evaluation, draw_pairs
+from gs_tune.results.report import SLOPE_NOTE, curves_data, draw_evaluation, draw_pairs
 from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
 from gs_tune.rundir import EVALUATION_FILE, FINISHED, METRICS_FILE, TRIALS_FILE, read_run, read_space
-from gs_tune.stats import slope_interval
 
 Rows = list[dict[str, Any]]
 MANIFEST = "study.tsv"
@@ -418,15 +417,12 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
         ci = best.get("final_val_ci95")
         end = f"{acc[-1] * 100:.1f}%" + (f" ± {ci * 100:.1f} (over {read_space(run).fixed.get('val_tasks')} "
                                           "val tasks)" if _finite(ci) else "")
-        second = [(i, a) for i, a in zip(its, acc) if i >= its[-1] / 2]
-        mean, slope = "-", "-"
-        if len(second) >= 2:
-            xs, ys = [i / 1000 for i, _ in second], [a * 100 for _, a in second]
-            mean = f"{sum(ys) / len(ys):.1f}% (it. {second[0][0]}-{second[-1][0]})"
-            iv = slope_interval(xs, ys, over="validations")
-            slope = (f"{iv.mean:+.1f}" if math.isnan(iv.half_width) else
-                     f"{iv.mean:+.1f} ({iv.mean - iv.half_width:+.1f} to {iv.mean + iv.half_width:+.1f}, "
-                     f"t over {iv.n} validations)")
+        second = [a * 100 for i, a in zip(its, acc) if i >= its[-1] / 2]
+        mean = f"{sum(second) / len(second):.1f}% (it. {its[-len(second)]}-{its[-1]})"
+        iv = late_slope(its, acc)
+        slope = "fewer than 3 validations" if iv is None else (
+            f"{iv.mean * 100:+.1f} ({(iv.mean - iv.half_width) * 100:+.1f} to {(iv.mean + iv.half_width) * 100:+.1f}, "
+            f"t over {iv.n} validations)")
         md.append(f"| `{run.name}` | {best['trial_id']} | {best['status']} ({its[-1]} it.) | {end} | "
                   f"{mean} | {slope} |")
         ax.plot(its, [a * 100 for a in acc], marker="o", ms=3, label=f"{role} ({best['trial_id']})")
@@ -436,14 +432,10 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
            title=f"{setting}: best trial of each search (val split)")
     path = plots / f"curves_{setting}.png"
     fig.savefig(path)
-    return md + ["", ("The slope is a least-squares line through the best trial's validations over the "
-                      "second half of training, with its 95% t-interval from their scatter around the "
-                      "line. Every validation of a trial uses the same val tasks, so the level's interval "
-                      "over tasks does not apply to changes along the curve; the scatter does. A slope "
-                      "interval that holds 0 and is narrow says the curve has flattened at this budget; "
-                      "one above 0 says more training would still gain. The best trial is the one with "
-                      "the highest validation at any point, so its curve's level is optimistic (chosen "
-                      "on these very validations); its slope much less so."), "", f"![curves]({path})"]
+    return md + ["", (f"{SLOPE_NOTE} A narrow interval around 0 says the curve had flattened at this "
+                      "budget. The best trial is the one with the highest validation at any point, so its "
+                      "curve's level is optimistic (chosen on these very validations); its slope much less "
+                      "so."), "", f"![curves]({path})"]
 
 
 @dataclasses.dataclass

@@ -27,8 +27,9 @@ from gs_tune.rundir import (
     read_run,
     read_space,
 )
+from gs_tune.stats import Interval, slope_interval
 
-__all__ = ["DEFAULT_OBJECTIVE", "Objective", "asha_rung", "open_study", "param_importances", "pareto_mask", "pareto_rows",
+__all__ = ["DEFAULT_OBJECTIVE", "Objective", "asha_rung", "late_slope", "open_study", "param_importances", "pareto_mask", "pareto_rows",
            "rank", "resolve_objectives", "searched_params", "varying_params"]
 
 
@@ -77,6 +78,20 @@ def pareto_rows(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Objectiv
     scored = [r for r in rows if all(is_finite(r.get(o.column)) for o in objectives)]
     mask = pareto_mask([[r[o.column] for o in objectives] for r in scored], [o.direction for o in objectives])
     return rank([r for r, keep in zip(scored, mask) if keep], objectives[0])
+
+
+def late_slope(iterations: Sequence[int], values: Sequence[float]) -> Interval | None:
+    """Whether a learning curve had flattened: the least-squares slope of ``values`` per 1,000
+    iterations over the curve's second half (iterations at or past half the last one), with its
+    t-interval from the points' scatter around the line; None with fewer than 3 points there (two
+    fix a line but not its noise).
+
+    A trial validates on the same tasks every time, so the interval over those tasks says how well
+    the curve's level is known, not how much it moves; the scatter along the curve does."""
+    late = [(i, v) for i, v in zip(iterations, values) if iterations and i >= iterations[-1] / 2 and is_finite(v)]
+    if len({i for i, _ in late}) < 3:
+        return None
+    return slope_interval([i / 1000 for i, _ in late], [float(v) for _, v in late], over="validations")
 
 
 def varying_params(rows: Sequence[Mapping[str, Any]], numeric_only: bool = False) -> list[str]:

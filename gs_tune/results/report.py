@@ -27,6 +27,7 @@ from gs_tune.results.analysis import (
     DEFAULT_OBJECTIVE,
     Objective,
     asha_rung,
+    late_slope,
     param_importances,
     pareto_mask,
     rank,
@@ -304,6 +305,24 @@ def _best_trial(ranked: Rows, objective: Objective) -> list[str]:
     return md + [f"| {k[len(PARAM_PREFIX):]} | {fmt(v)} |" for k, v in b.items() if k.startswith(PARAM_PREFIX)]
 
 
+SLOPE_NOTE = ("Slope: a least-squares line through each trial's validations over the second half of its "
+              "training, per 1,000 meta-iterations. An interval above 0 says the trial was still improving "
+              "when it ended, so more `iterations` may pay. A trial validates on the same tasks every time, "
+              "so the noise here is the points' scatter around the line, not the interval over val tasks.")
+
+
+def _curves_section(curves: Sequence[CurveData], out: Path) -> list[str]:
+    md = [f"![curves]({draw_curves(curves, out / 'curves.png').name})"]
+    rows = [(c, late_slope(c.iterations, c.val_accuracy)) for c in curves if c.iterations]
+    if not rows:
+        return md
+    md += ["", "| trial | val accuracy at the last validation | second half: slope per 1,000 iterations |",
+           "|---|---|---|"]
+    md += [f"| `{c.trial_id}` | {fmt(c.val_accuracy[-1])} (iteration {c.iterations[-1]}) | "
+           f"{'fewer than 3 validations' if slope is None else slope.describe(100.0, ' pp')} |" for c, slope in rows]
+    return md + ["", SLOPE_NOTE]
+
+
 def _evaluation_section(run_dir: Path, out: Path) -> list[str]:
     """The test split, from evaluation.parquet and evaluation_pairs.parquet (`gs-tune evaluate`): the
     only place the report shows test accuracy, since a search never evaluates the test split."""
@@ -368,7 +387,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
     if not slices:
         md.append("No numeric parameter varies between trials.")
     curves = curves_data(rows, metrics, objective, top_k)
-    md += ["", "## Learning curves", "", f"![curves]({draw_curves(curves, out / 'curves.png').name})"]
+    md += ["", "## Learning curves", "", *_curves_section(curves, out)]
     pareto = pareto_data(rows, objectives)
     if pareto is not None:
         md += ["", "## Pareto front", "", f"![pareto]({draw_pareto(pareto, out / 'pareto.png').name})", ""]

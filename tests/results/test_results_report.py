@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from results_helpers import FIXED, SEARCH
 
-from gs_tune.results.analysis import DEFAULT_OBJECTIVE, Objective
+from gs_tune.results.analysis import DEFAULT_OBJECTIVE, Objective, late_slope
 from gs_tune.results.report import curves_data, history_data, pareto_data, slice_data, write_report
 from gs_tune.results.tables import read_metrics, read_trials, write_evaluation
 from gs_tune.rundir import new_run_info, write_run
@@ -45,6 +45,8 @@ def test_report_single_objective(make_run) -> None:
     assert "`t2` (completed): best_val_accuracy = 0.72" in md
     assert "| w_cos | 0.1 |" in md
     assert "4 completed, 1 early_stopped, 1 diverged" in md
+    # t2 validated at 100, 200, 300: two points in its second half fix a line but not its noise
+    assert "| `t2` | 0.72 (iteration 300) | fewer than 3 validations |" in md
 
 
 def test_report_multi_objective_and_rewrite(make_run) -> None:
@@ -95,6 +97,19 @@ def test_curves_data_top_k_best_first(make_run) -> None:
     assert [c.trial_id for c in curves] == ["t2", "t5"]
     assert curves[0].iterations == [100, 200, 300]
     assert curves[0].val_accuracy == pytest.approx([0.50, 0.70, 0.72])
+
+
+def test_late_slope_reads_only_the_second_half_against_its_own_scatter() -> None:
+    its = list(range(200, 2001, 200))
+    steep_then_flat = [0.40, 0.60, 0.70, 0.78, 0.80, 0.81, 0.79, 0.80, 0.81, 0.80]
+    flat = late_slope(its, steep_then_flat)
+    assert flat is not None and flat.n == 6 and flat.over == "validations"  # iterations 1000-2000
+    assert flat.mean - flat.half_width < 0 < flat.mean + flat.half_width
+    rising = late_slope(its, [0.40 + 0.02 * k + (0.003 if k % 2 else -0.003) for k in range(10)])
+    assert rising is not None and rising.mean == pytest.approx(0.1, abs=0.01)  # 2 pp per 200 it.
+    assert rising.mean - rising.half_width > 0
+    assert late_slope([100, 200, 300], [0.5, 0.7, 0.72]) is None
+    assert late_slope(its, [*steep_then_flat[:-1], float("nan")]).n == 5
 
 
 def test_pareto_data(make_run) -> None:
