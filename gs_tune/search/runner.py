@@ -87,7 +87,7 @@ def _run(
         with _tune_env():
             results = tuner.fit()
         if restore:
-            _record_lost_trials(run_dir, info, {r.metrics.get("trial_id") for r in results if r.metrics})
+            _record_lost_trials(run_dir, info, _tune_trial_ids(results))
     interrupted = _summarise(space, run_dir, info)
     if interrupted:
         print(f"gs-tune: search interrupted; continue it with: gs-tune resume {run_dir}", file=sys.stderr)
@@ -206,22 +206,35 @@ def _progress_reporter(space: SearchSpace):
     )
 
 
+def _tune_trial_ids(results: Any) -> set[str]:
+    """Every trial the finished Tune run holds, reported or not (a trial's directory is its id)."""
+    return {str(r.path).rstrip("/").rsplit("/", 1)[-1] for r in results} | {
+        str(r.metrics["trial_id"]) for r in results if r.metrics and "trial_id" in r.metrics}
+
+
 def _record_lost_trials(run_dir: Path, info: RunInfo, known: set[str]) -> None:
-    """After a resumed search: a trial the study holds but Tune's snapshot never had (the driver was
-    killed between the two) cannot be continued. The study has already failed it (searcher.py);
-    the tables say the same, trial for trial, with why."""
+    """After a resumed search: a trial the study holds but the resumed Tune run never had cannot be
+    continued. Tune snapshots its trials and its searcher separately, so a driver killed between
+    the two leaves such a trial either unknown to the searcher too (searcher.py fails it at restore)
+    or known to it and still running in the study: that one is failed here. The tables say the
+    same, trial for trial, with why."""
     import optuna
 
     from gs_tune.results.tables import ResultsWriter, read_trials
     from gs_tune.search.searcher import TUNE_ID_ATTR
 
+    state = optuna.trial.TrialState
     study = optuna.load_study(study_name=info.study_name, storage=info.optuna_storage)
     in_table = {r["trial_id"]: r["status"] for r in read_trials(run_dir).to_pylist()} \
         if (run_dir / TRIALS_FILE).exists() else {}
     lost = {}
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+    for trial in study.get_trials(deepcopy=False, states=(state.FAIL, state.RUNNING)):
         tid = trial.user_attrs.get(TUNE_ID_ATTR)
-        if tid and tid not in known and in_table.get(tid, RUNNING) == RUNNING:
+        if tid in known:
+            continue
+        if trial.state == state.RUNNING:  # nothing will ever report it again
+            study.tell(trial.number, state=state.FAIL)
+        if tid and in_table.get(tid, RUNNING) == RUNNING:
             lost[tid] = trial.params
     if not lost:
         return

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
-from gs_tune.results.tables import read_table_file
-from gs_tune.rundir import FINISHED, read_run
-from gs_tune.search.runner import resume
+from gs_tune.results.tables import ResultsWriter, read_table_file
+from gs_tune.rundir import FINISHED, new_run_info, read_run, write_run
+from gs_tune.search.runner import _record_lost_trials, resume
 from gs_tune.search.searcher import TUNE_ID_ATTR
+from gs_tune.search.space import parse_space
 
 STORE = 150 * 2**20
 TRIALS, ITERATIONS, VAL_EVERY = 5, 80, 10
@@ -175,3 +177,39 @@ def test_three_hard_kills_then_resume_complete_a_consistent_search(tmp_path):
             else:  # continued from its newest checkpoint, never from the start
                 assert after[0]["iteration"] > last, (tid, last, after[0]["iteration"])
         assert runs[-1][-1]["iteration"] == ITERATIONS or trials[tid]["status"] == "error"
+
+
+def test_a_trial_the_resumed_tune_run_never_had_is_failed_and_recorded_lost(tmp_path):
+    """Tune snapshots its searcher and its trials separately: a kill between them can leave a trial
+    that the searcher's snapshot holds (so restore leaves it running in the study) but no Tune trial
+    ever continues. Seen in the three-kills search above under load; built here by hand."""
+    run_dir = tmp_path / "crash"
+    run_dir.mkdir()
+    space = parse_space(yaml.safe_load(SPACE), "crash")
+    info = new_run_info(run_dir, space)
+    write_run(run_dir, info, space)
+    study = optuna.create_study(study_name=info.study_name, storage=info.optuna_storage, direction="maximize")
+    states = {}
+    for tid in ("done", "orphan", "failed_at_restore", "pending", None):
+        trial = study.ask({"inner_lr": optuna.distributions.FloatDistribution(0.1, 0.5, log=True)})
+        if tid is not None:
+            trial.set_user_attr(TUNE_ID_ATTR, tid)
+        states[tid] = trial.number
+    study.tell(states["done"], 0.5)
+    study.tell(states["failed_at_restore"], state=optuna.trial.TrialState.FAIL)
+    with ResultsWriter(run_dir) as writer:
+        for tid in ("done", "orphan", "failed_at_restore"):
+            writer.on_report(tid, {"kind": "val", "iteration": 10, "val_accuracy": 0.5}, {"inner_lr": 0.2})
+        writer.on_trial_end("done", "completed")
+
+    # Tune's resumed run held "done" and "pending" (a trial it will start on the next resume)
+    _record_lost_trials(run_dir, info, {"done", "pending"})
+
+    rows = {r["trial_id"]: r for r in read_table_file(run_dir / "trials.parquet").to_pylist()}
+    assert rows["done"]["status"] == "completed"
+    for tid in ("orphan", "failed_at_restore"):
+        assert rows[tid]["status"] == "error" and rows[tid]["error"].startswith("lost"), tid
+    assert "pending" not in rows
+    state = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert state[states["orphan"]] == state[states[None]] == "FAIL"
+    assert (state[states["pending"]], state[states["done"]]) == ("RUNNING", "COMPLETE")
