@@ -32,7 +32,14 @@ from matplotlib.figure import Figure
 
 from gs_tune.config import TrainConfig
 from gs_tune.data.digits import DIGIT_SPLITS, NEAR_DUPLICATES, TRANSFORMS
-from gs_tune.results.analysis import asha_rung, late_slope, open_study, param_importances, pareto_mask
+from gs_tune.results.analysis import (
+    asha_rung,
+    late_slope,
+    open_study,
+    param_importances,
+    pareto_mask,
+    second_half,
+)
 from gs_tune.results.evaluation import (
     CI_NOTE,
     PAIRS_NOTE,
@@ -417,8 +424,8 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
         ci = best.get("final_val_ci95")
         end = f"{acc[-1] * 100:.1f}%" + (f" ± {ci * 100:.1f} (over {read_space(run).fixed.get('val_tasks')} "
                                           "val tasks)" if _finite(ci) else "")
-        second = [a * 100 for i, a in zip(its, acc) if i >= its[-1] / 2]
-        mean = f"{sum(second) / len(second):.1f}% (it. {its[-len(second)]}-{its[-1]})"
+        second = second_half(its, acc)
+        mean = f"{sum(a for _, a in second) / len(second) * 100:.1f}% (it. {second[0][0]}-{second[-1][0]})"
         iv = late_slope(its, acc)
         slope = "fewer than 3 validations" if iv is None else (
             f"{iv.mean * 100:+.1f} ({(iv.mean - iv.half_width) * 100:+.1f} to {(iv.mean + iv.half_width) * 100:+.1f}, "

@@ -30,7 +30,7 @@ from gs_tune.rundir import (
 from gs_tune.stats import Interval, slope_interval
 
 __all__ = ["DEFAULT_OBJECTIVE", "Objective", "asha_rung", "late_slope", "open_study", "param_importances", "pareto_mask", "pareto_rows",
-           "rank", "resolve_objectives", "searched_params", "varying_params"]
+           "rank", "resolve_objectives", "searched_params", "second_half", "varying_params"]
 
 
 def resolve_objectives(run_dir: str | os.PathLike[str], columns: Sequence[str]) -> tuple[list[Objective], list[str]]:
@@ -80,18 +80,22 @@ def pareto_rows(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Objectiv
     return rank([r for r, keep in zip(scored, mask) if keep], objectives[0])
 
 
+def second_half(iterations: Sequence[int], values: Sequence[float]) -> list[tuple[int, float]]:
+    """The finite points of a learning curve at or past half its last iteration."""
+    return [(i, float(v)) for i, v in zip(iterations, values) if i >= iterations[-1] / 2 and is_finite(v)]
+
+
 def late_slope(iterations: Sequence[int], values: Sequence[float]) -> Interval | None:
     """Whether a learning curve had flattened: the least-squares slope of ``values`` per 1,000
-    iterations over the curve's second half (iterations at or past half the last one), with its
-    t-interval from the points' scatter around the line; None with fewer than 3 points there (two
-    fix a line but not its noise).
+    iterations over the curve's :func:`second_half`, with its t-interval from the points' scatter
+    around the line; None with fewer than 3 points there (two fix a line but not its noise).
 
     A trial validates on the same tasks every time, so the interval over those tasks says how well
     the curve's level is known, not how much it moves; the scatter along the curve does."""
-    late = [(i, v) for i, v in zip(iterations, values) if iterations and i >= iterations[-1] / 2 and is_finite(v)]
+    late = second_half(iterations, values)
     if len({i for i, _ in late}) < 3:
         return None
-    return slope_interval([i / 1000 for i, _ in late], [float(v) for _, v in late], over="validations")
+    return slope_interval([i / 1000 for i, _ in late], [v for _, v in late], over="validations")
 
 
 def varying_params(rows: Sequence[Mapping[str, Any]], numeric_only: bool = False) -> list[str]:
@@ -211,9 +215,10 @@ def _importances(study: Any, at: str | None, seed: int) -> tuple[dict[str, float
     return dict(result), f"{method} over {len(complete)} completed trials, {source}"
 
 
-def asha_rung(run_dir: str | os.PathLike[str]) -> int | None:
+def asha_rung(run_dir: str | os.PathLike[str], metrics: Sequence[Mapping[str, Any]] | None = None) -> int | None:
     """The iteration of the run's first ASHA rung: its first validation at or past the grace period
-    (ASHA compares trials on the report that reaches it); None without ASHA or a space.yaml."""
+    (ASHA compares trials on the report that reaches it); None without ASHA or a space.yaml.
+    ``metrics``: the run's metrics rows, when the caller has read them already."""
     try:
         scheduler = read_space(run_dir).scheduler
     except RunDirError:
@@ -221,10 +226,10 @@ def asha_rung(run_dir: str | os.PathLike[str]) -> int | None:
     if scheduler is None:
         return None
     grace = scheduler.grace_period
-    if not (Path(run_dir) / METRICS_FILE).is_file():
-        return grace
-    table = read_metrics(run_dir).select(["iteration", "val_accuracy"]).to_pylist()
-    return min((r["iteration"] for r in table if r["iteration"] >= grace and is_finite(r["val_accuracy"])),
+    if metrics is None:
+        metrics = read_metrics(run_dir).select(["iteration", "val_accuracy"]).to_pylist() \
+            if (Path(run_dir) / METRICS_FILE).is_file() else []
+    return min((r["iteration"] for r in metrics if r["iteration"] >= grace and is_finite(r.get("val_accuracy"))),
                default=grace)
 
 

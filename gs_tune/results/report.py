@@ -337,14 +337,14 @@ def _evaluation_section(run_dir: Path, out: Path) -> list[str]:
     return md
 
 
-def _importances_section(run_dir: Path, out: Path) -> list[str]:
+def _importances_section(run_dir: Path, metrics: Rows, out: Path) -> list[str]:
     md: list[str] = []
     importances, note = param_importances(run_dir)
     if importances:
         md += [f"{note}.", "", f"![importances]({draw_importances(importances, out / 'importances.png').name})"]
     else:
         md.append(f"Skipped: {note}.")
-    rung = asha_rung(run_dir)
+    rung = asha_rung(run_dir, metrics)
     if rung is None:
         return md
     md += ["", (f"Under ASHA a stopped trial enters the study with its value when it stopped, so the values "
@@ -380,7 +380,7 @@ def write_report(run_dir: str | os.PathLike[str], top_k: int = 5) -> Path:
 
     history = draw_history(history_data(rows, objective), out / "history.png")
     md += ["", "## Optimisation history", "", f"![history]({history.name})"]
-    md += ["", "## Parameter importances", "", *_importances_section(run_dir, out)]
+    md += ["", "## Parameter importances", "", *_importances_section(run_dir, metrics, out)]
     slices = slice_data(rows, objective, searched_params(run_dir, rows, numeric_only=True))
     md += ["", "## Parameter slices", ""]
     md += [f"![{s.param}]({draw_slice(s, out / f'slice_{_safe(s.param)}.png').name})" for s in slices]

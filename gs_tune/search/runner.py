@@ -207,9 +207,9 @@ def _progress_reporter(space: SearchSpace):
 
 
 def _tune_trial_ids(results: Any) -> set[str]:
-    """Every trial the finished Tune run holds, reported or not (a trial's directory is its id)."""
-    return {str(r.path).rstrip("/").rsplit("/", 1)[-1] for r in results} | {
-        str(r.metrics["trial_id"]) for r in results if r.metrics and "trial_id" in r.metrics}
+    """Every trial the finished Tune run holds, reported or not: its directory is named by
+    :func:`_trial_dirname`, the trial id."""
+    return {str(r.path).rstrip("/").rsplit("/", 1)[-1] for r in results}
 
 
 def _record_lost_trials(run_dir: Path, info: RunInfo, known: set[str]) -> None:
