@@ -164,15 +164,18 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def param_importances(run_dir: str | os.PathLike[str], *, at_iteration: int | None = None,
-                      seed: int = 0) -> tuple[dict[str, float] | None, str]:
+def param_importances(run_dir: str | os.PathLike[str], *, at_iteration: int | None = None, seed: int = 0,
+                      metrics: Sequence[Mapping[str, Any]] | None = None) -> tuple[dict[str, float] | None, str]:
     """Optuna parameter importances (fANOVA, forest ``seed``) of the study's first objective, or
     (None, why not).
 
-    With ``at_iteration``, of that objective's metric at one iteration instead (metrics.parquet),
-    over every trial that reported it there. Under ASHA a stopped trial enters the study with its
-    value when stopped, so the study's own values mix budgets and reward fast starters; at the
-    first rung every trial has run the same budget."""
+    With ``at_iteration``, of that objective's metric at one iteration instead (metrics.parquet,
+    or ``metrics``: its rows, when the caller has read them already), over every trial that
+    reported it there. Under ASHA a stopped trial enters the study with its value when stopped, so
+    the study's own values mix budgets and reward fast starters; at the first rung every trial has
+    run the same budget."""
+    if not (Path(run_dir) / STUDY_FILE).is_file():  # before optuna's import: it costs a few hundred ms
+        return None, f"no study.db in {run_dir}"
     import optuna
 
     level = optuna.logging.get_verbosity()
@@ -182,7 +185,7 @@ def param_importances(run_dir: str | os.PathLike[str], *, at_iteration: int | No
             if study is None:
                 return None, reason
             if at_iteration is not None:
-                study, reason = _study_at(run_dir, study, at_iteration)
+                study, reason = _study_at(run_dir, study, at_iteration, metrics)
                 if study is None:
                     return None, reason
             return _importances(study, reason if at_iteration is not None else None, seed)
@@ -233,21 +236,25 @@ def asha_rung(run_dir: str | os.PathLike[str], metrics: Sequence[Mapping[str, An
                default=grace)
 
 
-def _study_at(run_dir: str | os.PathLike[str], study: Any, iteration: int) -> tuple[Any, str]:
+def _study_at(run_dir: str | os.PathLike[str], study: Any, iteration: int,
+              metrics: Sequence[Mapping[str, Any]] | None) -> tuple[Any, str]:
     """An in-memory study of every trial's first-objective metric at ``iteration``: the searched
     parameters as trials.parquet records them, their distributions as study.db does."""
     import optuna
 
     try:
         recorded = read_run(run_dir).objectives if (Path(run_dir) / RUN_FILE).is_file() else ()
-        metrics, trials = read_metrics(run_dir), read_trials(run_dir).to_pylist()
+        metric = (recorded[0] if recorded else DEFAULT_OBJECTIVE).metric
+        if metrics is None:
+            table = read_metrics(run_dir)
+            metrics = table.select(["trial_id", "iteration", metric]).to_pylist() \
+                if metric in table.column_names else []
+        trials = read_trials(run_dir).to_pylist()
     except RunDirError as exc:
         return None, str(exc)
-    metric = (recorded[0] if recorded else DEFAULT_OBJECTIVE).metric
-    if metric not in metrics.column_names:
+    if not any(metric in r for r in metrics):
         return None, f"metrics.parquet has no {metric!r} column"
-    value = {(r["trial_id"], r["iteration"]): r[metric] for r in metrics.select(["trial_id", "iteration", metric])
-             .to_pylist() if is_finite(r[metric])}
+    value = {(r["trial_id"], r["iteration"]): r[metric] for r in metrics if is_finite(r.get(metric))}
     distributions: dict[str, Any] = {}
     for trial in study.get_trials(deepcopy=False):
         distributions.update(trial.distributions)

@@ -350,7 +350,7 @@ def _importances_section(run_dir: Path, metrics: Rows, out: Path) -> list[str]:
     md += ["", (f"Under ASHA a stopped trial enters the study with its value when it stopped, so the values "
                f"above mix budgets and favour fast starters. At ASHA's first rung (iteration {rung}) every "
                "trial had run the same budget:"), ""]
-    at_rung, note = param_importances(run_dir, at_iteration=rung)
+    at_rung, note = param_importances(run_dir, at_iteration=rung, metrics=metrics)
     if at_rung:
         drawn = draw_importances(at_rung, out / "importances_rung.png", f"Parameter importances at iteration {rung}")
         return md + [f"{note}.", "", f"![importances at iteration {rung}]({drawn.name})"]

@@ -184,6 +184,13 @@ def test_importances_at_one_iteration_read_that_iteration_not_the_study(tmp_path
     objective, note = param_importances(run)
     assert note == "fANOVA over 16 completed trials, study objective"
     assert objective is not None and objective["w_cos"] > 0.9
+    # rows a caller has read already are used instead of metrics.parquet: here they follow w_cos
+    rows = [{"trial_id": f"t{i}", "iteration": 100, "val_accuracy": w_cos} for i, (w_cos, _) in enumerate(grid)]
+    given, note = param_importances(run, at_iteration=100, metrics=rows)
+    assert note.startswith("fANOVA over 16 trials, val_accuracy at iteration 100")
+    assert given is not None and given["w_cos"] > 0.9
+    assert param_importances(run, at_iteration=100, metrics=[{"trial_id": "t0", "iteration": 100}]) == (
+        None, "metrics.parquet has no 'val_accuracy' column")
 
 
 def test_summary_of_an_asha_search_adds_importances_at_the_first_rung(make_run) -> None:
