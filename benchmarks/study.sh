@@ -24,10 +24,12 @@
 # DURATION (an estimate, not a measurement): ~32 hours of wall clock on 2 CPU cores, searches
 # ~18 h and evaluations ~14 h; per setting, in the order run: 5w1s_k1 ~11 h (its second AHE search
 # and the one 5-way Reptile search and retraining included), 5w1s_k5 ~7 h, 20w1s_k1 ~14 h. Read it
-# as +-30%, and slower on a machine shared with other work. Measured so far (BENCHMARKS §4): the
-# per-iteration costs hold, but ASHA completes more trials than the simulation below assumed (MAML at
-# K = 5: 24,000 meta-iterations, not ~15,000), so read ~40 hours. Reptile is almost half of it (K of 3-10
-# steps, each on support and query). Worked out from:
+# as +-30%, and slower on a machine shared with other work. Measured (BENCHMARKS §4): ASHA completes
+# more trials than the simulation below assumed (MAML at K = 5: 24,000 meta-iterations, not ~15,000),
+# and on this machine, shared with development work, 5w1s_k5 took ~1.9x its estimate (its four
+# searches 8.9 h from first trial to last, its evaluation ~4.5 h), so read 5w1s_k1 ~21 h and
+# 20w1s_k1 ~27 h. Reptile is almost half of 5w1s_k1 (K of 3-10 steps, each on support and query),
+# so it runs last there, before the evaluation. Worked out from:
 # * seconds per meta-iteration on one core, unloaded, from BENCHMARKS.md §4's retraining rows:
 #   first-order MAML 0.164 s at 5-way K = 1 and 0.276 s at 20-way (query 5), MAML 0.406 s at 20-way;
 # * each method's cost relative to first-order MAML, timed with train() on one thread on this 2-core
@@ -163,10 +165,14 @@ finished_anyway() {  # STATUS WHAT DONE(0|1)
   fi
 }
 
+name_run() {  # SETTING ROLE NAME: the manifest line through which study.py finds a run
+  grep -qxF "$1${TAB}$2${TAB}$3" "$MANIFEST" || printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$MANIFEST"
+}
+
 search() {  # SETTING ROLE NAME SPACE FIX...: one search, launched, resumed or skipped
   local setting=$1 role=$2 name=$3 space=$4; shift 4
   local dir="$RUNS/$name" fixes=() state
-  grep -qxF "$setting${TAB}$role${TAB}$name" "$MANIFEST" || printf '%s\t%s\t%s\n' "$setting" "$role" "$name" >> "$MANIFEST"
+  name_run "$setting" "$role" "$name"
   for f in "$@"; do fixes+=(--fix "$f"); done
   state=$(run_state "$dir")
   if [ "$state" = broken ]; then
@@ -211,25 +217,26 @@ setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps
   # Reptile searches its own K (3-10; with one step it is joint training, not Reptile), so its
   # search does not depend on the setting's K: one 5-way search serves both 5-way settings, and it
   # is retrained once, in 5w1s_k1's evaluation. 5w1s_k5's would be the very same runs (same
-  # configuration, seeds and test tasks): study.py takes them from there (~2.7 hours saved).
-  # At K = 5 the evaluation needs no Reptile, so it runs first: the K = 5 answers arrive one
-  # (long) search sooner.
+  # configuration, seeds and test tasks): study.py takes them from there (~2.7 hours saved), so
+  # 5w1s_k5 only names the run here and its evaluation needs no Reptile.
   if [ "$k" = 1 ]; then
+    # The second AHE search: the same space and budget under another name, so another sampler
+    # seed, for the spread of the importances between two searches (question 4). Not evaluated:
+    # it answers no test question. It runs before Reptile's search, the study's most expensive
+    # (K of 3-10 steps, each on support and query), so question 4 is answered one long search
+    # sooner; the order changes no result (each search's seed comes from its name).
+    search "$s" ahe_seed2 "${s}_ahe_seed2" cosine_l2 "${shape[@]}" "inner_steps=$k"
     search "$s" reptile 5w1s_reptile baselines "${shape[@]}" algorithm=reptile
     evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,reptile,ahe "${s}_maml" "${s}_fomaml" 5w1s_reptile
   else
+    name_run "$s" reptile 5w1s_reptile
     evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,ahe "${s}_maml" "${s}_fomaml"
-    search "$s" reptile 5w1s_reptile baselines "${shape[@]}" algorithm=reptile
   fi
 }
 
 for setting in $SETTINGS; do
   case $setting in
-    5w1s_k1)
-      setting_5w 5w1s_k1 1
-      # Same space and budget under another name, so another sampler seed: the spread of the
-      # importances between two searches (question 4). Not evaluated: it answers no test question.
-      search 5w1s_k1 ahe_seed2 5w1s_k1_ahe_seed2 cosine_l2 ways=5 shots=1 "query=$QUERY_5WAY" inner_steps=1 ;;
+    5w1s_k1) setting_5w 5w1s_k1 1 ;;
     5w1s_k5) setting_5w 5w1s_k5 5 ;;
     20w1s_k1)
       s=20w1s_k1; shape=(ways=20 shots=1 "query=$QUERY_20WAY" inner_steps=1)
