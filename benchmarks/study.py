@@ -330,32 +330,62 @@ def _figure(width: float = 6.4, height: float = 4.0) -> Figure:
     return fig
 
 
+def _cost(study: Study, setting: str) -> dict[str, dict[str, Any]]:
+    """benchmarks/study_cost.py's interleaved timing of the setting, per method; {} before it has run."""
+    path = study.runs_dir / f"cost_{setting}.json"
+    if not path.is_file():
+        return {}
+    return {r["method"]: r for r in json.loads(path.read_text())["rows"]}
+
+
 def efficiency(study: Study, plots: Path) -> list[str]:
     md = [f"### Efficiency at K = 5 (`{K5}`)", ""]
     rows = evaluation(study, K5) if K5 in study.settings else None
     if rows is None:
         return md + ["Not evaluated yet."]
     iterations = int(_params(rows[0])["iterations"])
-    k1 = {r.method: r.sec_per_iter for r in method_results(evaluation(study, "5w1s_k1") or [])}
+    cost, cost_k1 = _cost(study, K5), _cost(study, "5w1s_k1")
+    k1_rows = evaluation(study, "5w1s_k1") if "5w1s_k1" in study.settings else None
     results = [r for r in method_results(rows) if r.interval is not None and r.sec_per_iter is not None]
-    front = pareto_mask([(r.interval.mean, r.sec_per_iter) for r in results], ["max", "min"])
-    md += [(f"| method | test accuracy | 95% t-interval over | s / meta-iteration (± 95% t over seeds) | × its K = 1 cost | "
-           f"training time for {iterations} iterations (min) | peak MB | Pareto-optimal |"),
-           "|---|---|---|---|---|---|---|---|"]
+    # interleaved timings, when study_cost.py has run, are free of the machine's drift: they place the methods
+    secs = {r.method: cost[r.method]["sec_per_iter_median"] if r.method in cost else r.sec_per_iter for r in results}
+    if cost and cost_k1:  # a K = 5 over K = 1 ratio from timings of one kind
+        k1 = {m: r["sec_per_iter_median"] for m, r in cost_k1.items()}
+        k5 = secs
+    else:
+        k1 = {r.method: r.sec_per_iter for r in method_results(k1_rows or [])}
+        k5 = {r.method: r.sec_per_iter for r in results}
+    front = pareto_mask([(r.interval.mean, secs[r.method]) for r in results], ["max", "min"])
+    timed = "interleaved s / meta-iteration (median) | × first-order MAML (median; range) | " if cost else ""
+    md += [(f"| method | test accuracy | 95% t-interval over | {timed}retraining's s / meta-iteration (± 95% t over "
+            f"seeds) | × its K = 1 cost | training time for {iterations} iterations (min) | peak MB | Pareto-optimal |"),
+           "|---|---|---|" + ("---|---|" if cost else "") + "---|---|---|---|---|"]
     for r, on in zip(results, front):
         same = next((v for m, v in k1.items() if _k_free(m) == _k_free(r.method)), None)
-        ratio = "same runs" if "[runs of " in r.method else f"{r.sec_per_iter / same:.2f}" if same else "-"
+        ratio = "same runs" if "[runs of " in r.method else f"{k5[r.method] / same:.2f}" if same else "-"
+        c = cost.get(r.method)
+        cells = "" if not cost else "- | - | " if c is None else (
+            f"{c['sec_per_iter_median']:.3f} | {c['ratio_median']:.2f} ({c['ratio_min']:.2f}–{c['ratio_max']:.2f}) | ")
         md.append(f"| {r.method} | {r.interval.mean * 100:.2f}% ± {r.interval.half_width * 100:.2f} | "
-                  f"{over_label(r.interval)} | {_seconds(rows, r.method)} | {ratio} | "
-                  f"{r.sec_per_iter * iterations / 60:.1f} | {r.peak_memory_mb or 0:.0f} | {'yes' if on else ''} |")
-    md += ["", ("s / meta-iteration: the retraining's mean over seeds with the seeds' 95% t-interval, one CPU "
-               "core per run, two runs at a time on a shared machine: a method's seeds ran at different "
-               "times, so the interval holds the machine's drift in speed as well as the method's own cost; "
-               "§1 times the methods interleaved, under the same load, for cost ratios free of that drift. "
+                  f"{over_label(r.interval)} | {cells}{_seconds(rows, r.method)} | {ratio} | "
+                  f"{secs[r.method] * iterations / 60:.1f} | {r.peak_memory_mb or 0:.0f} | {'yes' if on else ''} |")
+    if cost:
+        with open(study.runs_dir / f"cost_{K5}.json") as f:
+            meta = json.load(f)["meta"]
+        md += ["", (f"Interleaved: `benchmarks/study_cost.py` ({meta['date']}): each configuration as retrained, "
+                    f"all in one process on {meta['threads']} thread, advancing round-robin {meta['block']} "
+                    f"meta-iterations at a time over {meta['rounds']} rounds after a warm-up round, so every "
+                    f"method ran beside the reference under the same load (load average {meta['load_start']:.1f} "
+                    f"at start, {meta['load_end']:.1f} at end); the training step only. These place the methods "
+                    "on the Pareto front and give the training time; × its K = 1 cost is from them too once "
+                    "5w1s_k1 has been timed the same way.")]
+    md += ["", ("Retraining's s / meta-iteration: the retrainings' mean over seeds with the seeds' 95% t-interval, "
+               "one CPU core per run, two runs at a time on a shared machine: a method's seeds ran at different "
+               "times, so the interval holds the machine's drift in speed as well as the method's own cost. "
                "× its K = 1 cost: over the same method's row at 5w1s_k1 (Reptile searches its own K in both). "
                "Pareto-optimal: no other method is both more accurate (mean) and cheaper per iteration; the "
                "intervals say which accuracy differences the data can tell."), ""]
-    path = _draw_pareto(results, front, iterations, _search_points(study), plots / f"pareto_{K5}.png")
+    path = _draw_pareto(results, secs, front, iterations, _search_points(study), plots / f"pareto_{K5}.png")
     return md + [f"![pareto]({path})"]
 
 
@@ -385,15 +415,15 @@ def _search_points(study: Study) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def _draw_pareto(results: Sequence[MethodResult], front: Sequence[bool], iterations: int,
+def _draw_pareto(results: Sequence[MethodResult], secs: Mapping[str, float], front: Sequence[bool], iterations: int,
                  search: Mapping[str, list[tuple[float, float]]], path: Path) -> Path:
     fig = _figure(12.0, 4.6)
     ax, bx = fig.subplots(1, 2)
     for i, r in enumerate(results):
-        minutes = r.sec_per_iter * iterations / 60
+        minutes = secs[r.method] * iterations / 60
         ax.errorbar(minutes, r.interval.mean * 100, yerr=r.interval.half_width * 100, fmt="o", capsize=4,
                     color=f"C{i}", label=r.method)
-    pts = sorted((r.sec_per_iter * iterations / 60, r.interval.mean * 100) for r, on in zip(results, front) if on)
+    pts = sorted((secs[r.method] * iterations / 60, r.interval.mean * 100) for r, on in zip(results, front) if on)
     if pts:
         ax.step(*zip(*pts), where="post", color="grey", ls="--", lw=1, label="Pareto front")
     if results:  # the seeds' t-intervals can reach past 0-100%: the axis stops there

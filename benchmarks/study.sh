@@ -8,8 +8,10 @@
 # trials, ASHA settings and learning-rate ranges: MAML, first-order MAML, Reptile (K searched over
 # 3-10), AHE with the default (exact) HVP, AHE with the identity HVP; plus a second AHE search at
 # 5w1s_k1 under another name (another sampler seed) for the spread of the importances. Then per
-# setting `gs-tune evaluate` (5 fresh seeds, 600 test tasks, retrained on train+val), `gs-tune
-# report` on every run and benchmarks/study.py, which prints BENCHMARKS §4 and draws its plots.
+# setting `gs-tune evaluate` (5 fresh seeds, 600 test tasks, retrained on train+val) and
+# benchmarks/study_cost.py (the evaluated configurations timed interleaved in one process, free of
+# the machine's drift), then `gs-tune report` on every run and benchmarks/study.py, which prints
+# BENCHMARKS §4 and draws its plots.
 #
 #   bash benchmarks/study.sh [RUNS_DIR]              full study (default RUNS_DIR runs/study2)
 #   STUDY_SMOKE=1 bash benchmarks/study.sh /tmp/study-smoke   the whole pipeline, tiny (~15-20 min)
@@ -79,11 +81,12 @@ PLOTS=${STUDY_PLOTS:-docs/study}
 SETTINGS=${STUDY_SETTINGS:-5w1s_k1 5w1s_k5 20w1s_k1}
 LAUNCH_EXTRA=()
 EVAL_EXTRA=()
+COST_EXTRA=()
 if [ "$SMOKE" = 1 ]; then
   # --smoke: each space's smoke budget (30 iterations, validations of 10 tasks every 10, ASHA's
   # grace scaled down); evaluate --smoke caps seeds and tasks the same way.
   TRIALS=3; SEEDS=2; TASKS=20
-  LAUNCH_EXTRA=(--smoke); EVAL_EXTRA=(--smoke)
+  LAUNCH_EXTRA=(--smoke); EVAL_EXTRA=(--smoke); COST_EXTRA=(--rounds 2 --block 2)
   PLOTS=${STUDY_PLOTS:-$RUNS/plots}
 fi
 
@@ -208,6 +211,13 @@ evaluate() {  # SETTING AHE_RUN IDENTITY_RUN ALGORITHMS BASELINE_RUN...
   finished_anyway "$rc" "$setting: evaluate" "$([ -f "$ahe/evaluation.parquet" ] && echo 1 || echo 0)"
 }
 
+cost() {  # SETTING: its evaluated configurations timed interleaved in one process (study_cost.py)
+  local out="$RUNS/cost_$1.json"
+  if [ -f "$out" ]; then note "$1: interleaved timing done, skipped"; return; fi
+  note "$1: interleaved timing"
+  "$PY" benchmarks/study_cost.py --runs "$RUNS" --setting "$1" "${COST_EXTRA[@]}" --out "$out"
+}
+
 setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps (Reptile: shared)
   local s=$1 k=$2 shape=(ways=5 shots=1 "query=$QUERY_5WAY")
   search "$s" ahe "${s}_ahe" cosine_l2 "${shape[@]}" "inner_steps=$k"
@@ -232,6 +242,7 @@ setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps
     name_run "$s" reptile 5w1s_reptile
     evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,ahe "${s}_maml" "${s}_fomaml"
   fi
+  cost "$s"
 }
 
 for setting in $SETTINGS; do
@@ -245,7 +256,8 @@ for setting in $SETTINGS; do
       search $s maml ${s}_maml baselines "${shape[@]}" algorithm=maml
       search $s fomaml ${s}_fomaml baselines "${shape[@]}" algorithm=fomaml
       search $s reptile 20w1s_reptile baselines ways=20 shots=1 "query=$QUERY_20WAY" algorithm=reptile
-      evaluate $s ${s}_ahe ${s}_ahe_identity maml,fomaml,reptile,ahe ${s}_maml ${s}_fomaml 20w1s_reptile ;;
+      evaluate $s ${s}_ahe ${s}_ahe_identity maml,fomaml,reptile,ahe ${s}_maml ${s}_fomaml 20w1s_reptile
+      cost $s ;;
     *) echo "study.sh: unknown setting $setting; allowed: 5w1s_k1 5w1s_k5 20w1s_k1" >&2; exit 2 ;;
   esac
 done
