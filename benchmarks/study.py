@@ -29,6 +29,17 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from study_runs import (
+    MANIFEST,
+    Rows,
+    Study,
+    best_trial,
+    evaluation,
+    finite,
+    params_of,
+    read_study,
+    trials,
+)
 
 from gs_tune.config import TrainConfig
 from gs_tune.data.digits import DIGIT_SPLITS, NEAR_DUPLICATES, TRANSFORMS
@@ -53,45 +64,18 @@ from gs_tune.results.evaluation import (
     paired_results,
 )
 from gs_tune.results.report import SLOPE_NOTE, curves_data, draw_evaluation, draw_pairs
-from gs_tune.results.tables import read_evaluation, read_metrics, read_trials
-from gs_tune.rundir import EVALUATION_FILE, FINISHED, METRICS_FILE, TRIALS_FILE, read_run, read_space
+from gs_tune.results.tables import read_metrics
+from gs_tune.rundir import METRICS_FILE, read_run, read_space
 from gs_tune.stats import mean_interval
 
-Rows = list[dict[str, Any]]
-MANIFEST = "study.tsv"
-INVOCATIONS = "study.invocations"  # study.sh appends date, commit, gs_tune/ tree, clean | gs_tune/ edited
-SETTINGS = ("5w1s_k1", "5w1s_k5", "20w1s_k1")  # study.sh's settings
 K5 = "5w1s_k5"  # the setting of the efficiency question
 IMPORTANCE_PAIR = ("ahe", "ahe_seed2")  # two searches of one space, two sampler seeds
 FANOVA_SEEDS = tuple(range(5))  # fANOVA's random forests: the spread of the estimator itself
-ALGORITHM_NAMES = {"ahe": "AHE", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
 PEAK_NOTE = ("peak MB is the retraining process's peak resident memory (the highest over seeds), the "
              "Python, torch and Ray runtime included; §1 gives each method's own extra memory")
 
 
 # --- reading the study ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Study:
-    runs_dir: Path
-    mode: str  # full | smoke
-    code: list[tuple[str, ...]]  # (date, commit, gs_tune/ tree, clean | gs_tune/ edited) per study.sh run
-    settings: dict[str, dict[str, Path]]  # setting -> role -> run directory, in study.sh's order
-
-
-def read_study(runs_dir: Path) -> Study:
-    lines = (runs_dir / MANIFEST).read_text().splitlines()
-    mode = lines[0].split("\t")[1]
-    settings: dict[str, dict[str, Path]] = {}
-    for line in lines[1:]:
-        setting, role, name = line.split("\t")
-        settings.setdefault(setting, {})[role] = runs_dir / name
-    order = {name: i for i, name in enumerate(SETTINGS)}  # study.sh's order, whatever order they ran in
-    settings = dict(sorted(settings.items(), key=lambda item: order.get(item[0], len(order))))
-    log = runs_dir / INVOCATIONS
-    code = [tuple(line.split("\t")) for line in log.read_text().splitlines()] if log.is_file() else []
-    return Study(runs_dir, mode, code, settings)
 
 
 def _code_line(study: Study) -> str:
@@ -107,72 +91,10 @@ def _code_line(study: Study) -> str:
     return line
 
 
-def trials(run: Path) -> Rows:
-    return read_trials(run).to_pylist() if (run / TRIALS_FILE).is_file() else []
-
-
-def best_trial(rows: Rows) -> dict[str, Any] | None:
-    """The trial `gs-tune evaluate` retrains: the finished one with the highest best_val_accuracy."""
-    done = [r for r in rows if r["status"] in FINISHED and _finite(r.get("best_val_accuracy"))]
-    return max(done, key=lambda r: r["best_val_accuracy"]) if done else None
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _params(row: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(row["params_json"]) if row.get("params_json") else {}
-
-
-def label(row: Mapping[str, Any]) -> str:
-    """What an evaluation row is, in the study's words (evaluate names the identity-HVP AHE, a
-    baselines run there, plain `ahe`)."""
-    p, source = _params(row), row.get("config_source")
-    algo = p.get("algorithm", str(row["method"]).split(" ")[0])
-    name = ALGORITHM_NAMES.get(algo, algo)
-    if algo == "ahe":
-        name += f", {p.get('hvp', TrainConfig.hvp)} HVP"
-    if algo == "reptile":
-        name += f", K={p.get('inner_steps')}"
-    if source == "tuned-ablation":
-        return "AHE, w=0 ablation"  # the table's notes and the plots' labels say what it is
-    return f"{name} ({'untuned' if source == 'default' else 'tuned'})"
-
-
-def _own_rows(study: Study, setting: str) -> Rows | None:
-    run = study.settings[setting].get("ahe")
-    if run is None or not (run / EVALUATION_FILE).is_file():
-        return None
-    return [{**r, "method": label(r)} for r in read_evaluation(run).to_pylist()]
-
-
-def _is_baseline(row: Mapping[str, Any], algorithm: str) -> bool:
-    return row.get("config_source") == "baselines-run" and _params(row).get("algorithm") == algorithm
-
-
-def evaluation(study: Study, setting: str) -> Rows | None:
-    """The setting's evaluation rows with the study's method labels; None before it has run.
-
-    A Reptile search shared by two settings (its K is its own) is retrained once, in the first
-    setting's evaluation: the second setting borrows those rows. They are the same runs it would
-    make (same configuration, seeds and test tasks), and paired_results checks the test tasks.
-    """
-    rows = _own_rows(study, setting)
-    reptile = study.settings[setting].get("reptile")
-    if rows is None or reptile is None or any(_is_baseline(r, "reptile") for r in rows):
-        return rows
-    for other, roles in study.settings.items():
-        if other != setting and roles.get("reptile") == reptile:
-            borrowed = [r for r in _own_rows(study, other) or [] if _is_baseline(r, "reptile")]
-            rows += [{**r, "method": f"{r['method']} [runs of {other}]"} for r in borrowed]
-    return rows
-
-
 def _find(rows: Rows, source: str, algorithm: str) -> str | None:
     """The label of the row with this config_source and algorithm (rows are one evaluation's)."""
     return next((str(r["method"]) for r in rows
-                 if r.get("config_source") == source and _params(r).get("algorithm") == algorithm), None)
+                 if r.get("config_source") == source and params_of(r).get("algorithm") == algorithm), None)
 
 
 # --- protocol ---------------------------------------------------------------------------------
@@ -285,7 +207,7 @@ def test_section(study: Study, setting: str, plots: Path) -> list[str]:
     md = [f"#### Test split: `{study.settings[setting]['ahe'].name}/evaluation.parquet`", ""]
     if rows is None:
         return md + ["Not evaluated yet."]
-    first = _params(rows[0])
+    first = params_of(rows[0])
     md[0] += (f" ({first.get('test_tasks')} test tasks per seed, retrained on "
               f"{first.get('meta_train_splits')}, {first.get('iterations')} meta-iterations)")
     results = method_results(rows)
@@ -313,7 +235,7 @@ def test_section(study: Study, setting: str, plots: Path) -> list[str]:
 
 def _weights_note(rows: Rows, method: str | None) -> str:
     """What untuned AHE's similarity weights are: with TrainConfig's defaults at 0 it has no correction."""
-    p = next((_params(r) for r in rows if r["method"] == method), {})
+    p = next((params_of(r) for r in rows if r["method"] == method), {})
     w = {k: p.get(k) for k in ("w_cos", "w_l2", "w_dot")}
     if w and not any(w.values()):
         return (" (untuned AHE takes TrainConfig's default weights, all 0 here: it is first-order MAML at the "
@@ -343,7 +265,7 @@ def efficiency(study: Study, plots: Path) -> list[str]:
     rows = evaluation(study, K5) if K5 in study.settings else None
     if rows is None:
         return md + ["Not evaluated yet."]
-    iterations = int(_params(rows[0])["iterations"])
+    iterations = int(params_of(rows[0])["iterations"])
     cost, cost_k1 = _cost(study, K5), _cost(study, "5w1s_k1")
     k1_rows = evaluation(study, "5w1s_k1") if "5w1s_k1" in study.settings else None
     results = [r for r in method_results(rows) if r.interval is not None and r.sec_per_iter is not None]
@@ -391,7 +313,7 @@ def efficiency(study: Study, plots: Path) -> list[str]:
 
 def _seconds(rows: Rows, method: str) -> str:
     """A method's seconds per meta-iteration: mean ± 95% t-interval over its seeds' retrainings."""
-    secs = [r["sec_per_iter"] for r in rows if r["method"] == method and _finite(r.get("sec_per_iter"))]
+    secs = [r["sec_per_iter"] for r in rows if r["method"] == method and finite(r.get("sec_per_iter"))]
     if not secs:
         return "-"
     spread = mean_interval(secs, "seeds")
@@ -410,7 +332,7 @@ def _search_points(study: Study) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for role, run in study.settings.get(K5, {}).items():
         for r in trials(run):
-            if r["status"] == "completed" and _finite(r.get("sec_per_iter")) and _finite(r.get("best_val_accuracy")):
+            if r["status"] == "completed" and finite(r.get("sec_per_iter")) and finite(r.get("best_val_accuracy")):
                 out.setdefault(role, []).append((r["sec_per_iter"], r["best_val_accuracy"]))
     return out
 
@@ -468,7 +390,7 @@ def curves(study: Study, setting: str, plots: Path) -> list[str]:
         its, acc = curve.iterations, curve.val_accuracy
         ci = best.get("final_val_ci95")
         end = f"{acc[-1] * 100:.1f}%" + (f" ± {ci * 100:.1f} (over {read_space(run).fixed.get('val_tasks')} "
-                                          "val tasks)" if _finite(ci) else "")
+                                          "val tasks)" if finite(ci) else "")
         second = second_half(its, acc)
         mean = f"{sum(a for _, a in second) / len(second) * 100:.1f}% (it. {second[0][0]}-{second[-1][0]})"
         iv = late_slope(its, acc)

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # study.py names the methods as its tables do
-import study as study_tables
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # study_runs: the runs and methods as study.py names them
+import study_runs
 
 from gs_tune import train
 from gs_tune.config import TrainConfig, train_config
@@ -46,18 +46,18 @@ REFERENCE = "first-order MAML (tuned)"
 def configs(runs: Path, setting: str) -> dict[str, TrainConfig]:
     """One configuration per method of the setting's evaluation (its first seed's row), in the
     table's order; each as retrained, with no validation or test to speak of."""
-    study = study_tables.read_study(runs)
+    study = study_runs.read_study(runs)
     if setting not in study.settings:
         raise SystemExit(f"study_cost.py: error: {runs} has no setting {setting!r}; it has "
                          + ", ".join(study.settings))
-    rows = study_tables.evaluation(study, setting)
+    rows = study_runs.evaluation(study, setting)
     if rows is None:
         raise SystemExit(f"study_cost.py: error: {setting} has not been evaluated yet (no evaluation.parquet)")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     out: dict[str, TrainConfig] = {}
     for row in rows:
         if row["method"] not in out:
-            params = {k: v for k, v in study_tables._params(row).items() if k in fields}
+            params = {k: v for k, v in study_runs.params_of(row).items() if k in fields}
             out[row["method"]] = train_config(params, test_tasks=0, val_tasks=1, iterations=10**9,
                                               checkpoint_every=10**9)
     return out
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("rounds", "block"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if not (args.runs / study_tables.MANIFEST).is_file():
-        parser.error(f"{args.runs} has no {study_tables.MANIFEST}; run benchmarks/study.sh first")
+    if not (args.runs / study_runs.MANIFEST).is_file():
+        parser.error(f"{args.runs} has no {study_runs.MANIFEST}; run benchmarks/study.sh first")
     torch.set_num_threads(1)
     cfgs = configs(args.runs, args.setting)
     load_start = os.getloadavg()[0]
