@@ -174,23 +174,14 @@ def param_importances(run_dir: str | os.PathLike[str], *, at_iteration: int | No
     reported it there. Under ASHA a stopped trial enters the study with its value when stopped, so
     the study's own values mix budgets and reward fast starters; at the first rung every trial has
     run the same budget."""
-    if not (Path(run_dir) / STUDY_FILE).is_file():  # before optuna's import: it costs a few hundred ms
-        return None, f"no study.db in {run_dir}"
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(logging.ERROR)  # no "study created" lines for the in-memory study
-    try:
-        with open_study(run_dir) as (study, reason):
+    with open_study(run_dir) as (study, reason):  # optuna is imported only once there is a study.db
+        if study is None:
+            return None, reason
+        if at_iteration is not None:
+            study, reason = _study_at(run_dir, study, at_iteration, metrics)
             if study is None:
                 return None, reason
-            if at_iteration is not None:
-                study, reason = _study_at(run_dir, study, at_iteration, metrics)
-                if study is None:
-                    return None, reason
-            return _importances(study, reason if at_iteration is not None else None, seed)
-    finally:
-        optuna.logging.set_verbosity(level)
+        return _importances(study, reason if at_iteration is not None else None, seed)
 
 
 def _importances(study: Any, at: str | None, seed: int) -> tuple[dict[str, float] | None, str]:
@@ -258,7 +249,12 @@ def _study_at(run_dir: str | os.PathLike[str], study: Any, iteration: int,
     distributions: dict[str, Any] = {}
     for trial in study.get_trials(deepcopy=False):
         distributions.update(trial.distributions)
-    at = optuna.create_study(direction="maximize")  # fANOVA's importances do not depend on the direction
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.ERROR)  # no "study created" line for the in-memory study
+    try:
+        at = optuna.create_study(direction="maximize")  # fANOVA's importances do not depend on the direction
+    finally:
+        optuna.logging.set_verbosity(level)
     short = 0
     for row in trials:
         if (row["trial_id"], iteration) not in value:

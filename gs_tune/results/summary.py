@@ -23,8 +23,8 @@ from gs_tune.results.analysis import (
     searched_params,
 )
 from gs_tune.results.schema import PARAM_PREFIX
-from gs_tune.results.tables import read_metrics, read_trials
-from gs_tune.rundir import FAILED, METRICS_FILE, RUNNING, STATUSES
+from gs_tune.results.tables import read_trials
+from gs_tune.rundir import FAILED, RUNNING, STATUSES
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -106,11 +106,10 @@ def summarize(run_dir: str | os.PathLike[str], top_k: int = 5) -> str:
         out += [f"  {r['trial_id']}: {str(r['error']).strip().splitlines()[-1][:100]}" for r in failed[:5]]
     out.append("")
     out += _importance_lines("Parameter importances", *param_importances(run_dir))
-    metrics = read_metrics(run_dir).to_pylist() if (Path(run_dir) / METRICS_FILE).is_file() else None
-    rung = asha_rung(run_dir, metrics)
+    rung = asha_rung(run_dir)
     if rung is not None:  # the study's values mix ASHA's budgets; at the first rung all had the same
         out += _importance_lines("Parameter importances at ASHA's first rung",
-                                 *param_importances(run_dir, at_iteration=rung, metrics=metrics))
+                                 *param_importances(run_dir, at_iteration=rung))
     return "\n".join(out)
 
 
