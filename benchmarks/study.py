@@ -252,12 +252,14 @@ def _figure(width: float = 6.4, height: float = 4.0) -> Figure:
     return fig
 
 
-def _cost(study: Study, setting: str) -> dict[str, dict[str, Any]]:
-    """benchmarks/study_cost.py's interleaved timing of the setting, per method; {} before it has run."""
+def _cost(study: Study, setting: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """benchmarks/study_cost.py's interleaved timing of the setting: its rows per method and the
+    conditions it ran under; ({}, {}) before it has run."""
     path = study.runs_dir / f"cost_{setting}.json"
     if not path.is_file():
-        return {}
-    return {r["method"]: r for r in json.loads(path.read_text())["rows"]}
+        return {}, {}
+    timing = json.loads(path.read_text())
+    return {r["method"]: r for r in timing["rows"]}, timing["meta"]
 
 
 def efficiency(study: Study, plots: Path) -> list[str]:
@@ -266,7 +268,7 @@ def efficiency(study: Study, plots: Path) -> list[str]:
     if rows is None:
         return md + ["Not evaluated yet."]
     iterations = int(params_of(rows[0])["iterations"])
-    cost, cost_k1 = _cost(study, K5), _cost(study, "5w1s_k1")
+    (cost, meta), (cost_k1, _) = _cost(study, K5), _cost(study, "5w1s_k1")
     k1_rows = evaluation(study, "5w1s_k1") if "5w1s_k1" in study.settings else None
     results = [r for r in method_results(rows) if r.interval is not None and r.sec_per_iter is not None]
     # interleaved timings, when study_cost.py has run, are free of the machine's drift: they place the methods
@@ -292,8 +294,6 @@ def efficiency(study: Study, plots: Path) -> list[str]:
                   f"{over_label(r.interval)} | {cells}{_seconds(rows, r.method)} | {ratio} | "
                   f"{secs[r.method] * iterations / 60:.1f} | {r.peak_memory_mb or 0:.0f} | {'yes' if on else ''} |")
     if cost:
-        with open(study.runs_dir / f"cost_{K5}.json") as f:
-            meta = json.load(f)["meta"]
         md += ["", (f"Interleaved: `benchmarks/study_cost.py` ({meta['date']}): each configuration as retrained, "
                     f"all in one process on {meta['threads']} thread, advancing round-robin {meta['block']} "
                     f"meta-iterations at a time over {meta['rounds']} rounds after a warm-up round, so every "
