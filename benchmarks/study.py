@@ -38,6 +38,7 @@ from study_runs import (
     finite,
     params_of,
     read_study,
+    reptile_pending,
     trials,
 )
 
@@ -212,7 +213,9 @@ def test_section(study: Study, setting: str, plots: Path) -> list[str]:
               f"{first.get('meta_train_splits')}, {first.get('iterations')} meta-iterations)")
     results = method_results(rows)
     md += [*markdown_table(rows), "", CI_NOTE + "; " + PEAK_NOTE + ".", "",
-           *(f"- {note}" for note in method_notes(rows)), ""]
+           *(f"- {note}" for note in method_notes(rows))]
+    pending = reptile_pending(study, setting, rows)
+    md += [f"- {pending}", ""] if pending else [""]
     fomaml = _find(rows, "baselines-run", "fomaml")
     exact, untuned = _find(rows, "tuned", "ahe"), _find(rows, "default", "ahe")
     identity = _find(rows, "baselines-run", "ahe")

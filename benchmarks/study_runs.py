@@ -107,3 +107,14 @@ def evaluation(study: Study, setting: str) -> Rows | None:
             borrowed = [r for r in _own_rows(study, other) or [] if _is_baseline(r, "reptile")]
             rows += [{**r, "method": f"{r['method']} [runs of {other}]"} for r in borrowed]
     return rows
+
+
+def reptile_pending(study: Study, setting: str, rows: Rows) -> str | None:
+    """Why a setting that names a Reptile search has no Reptile row yet: the shared search is
+    retrained in another setting's evaluation, which has not run (or its search has not)."""
+    reptile = study.settings[setting].get("reptile")
+    if reptile is None or any(_is_baseline(r, "reptile") for r in rows):
+        return None
+    return (f"Reptile: not in this table yet. Its search (`{reptile.name}`, K searched, shared by the "
+            f"5-way settings) is retrained once, in 5w1s_k1's evaluation, which has not run; its rows "
+            f"join this table when it has (the same runs: same configuration, seeds and test tasks).")
