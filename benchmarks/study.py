@@ -36,6 +36,7 @@ from study_runs import (
     best_trial,
     evaluation,
     finite,
+    is_borrowed,
     params_of,
     read_study,
     reptile_pending,
@@ -289,7 +290,7 @@ def efficiency(study: Study, plots: Path) -> list[str]:
            "|---|---|---|" + ("---|---|" if cost else "") + "---|---|---|---|---|"]
     for r, on in zip(results, front):
         same = next((v for m, v in k1.items() if _k_free(m) == _k_free(r.method)), None)
-        ratio = "same runs" if "[runs of " in r.method else f"{k5[r.method] / same:.2f}" if same else "-"
+        ratio = "same runs" if is_borrowed(r.method) else f"{k5[r.method] / same:.2f}" if same else "-"
         c = cost.get(r.method)
         cells = "" if not cost else "- | - | " if c is None else (
             f"{c['sec_per_iter_median']:.3f} | {c['ratio_median']:.2f} ({c['ratio_min']:.2f}–{c['ratio_max']:.2f}) | ")

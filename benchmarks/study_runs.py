@@ -91,6 +91,9 @@ def _is_baseline(row: Mapping[str, Any], algorithm: str) -> bool:
     return row.get("config_source") == "baselines-run" and params_of(row).get("algorithm") == algorithm
 
 
+BORROWED = "[runs of "  # how evaluation() labels rows it borrowed from another setting
+
+
 def evaluation(study: Study, setting: str) -> Rows | None:
     """The setting's evaluation rows with the study's method labels; None before it has run.
 
@@ -105,8 +108,13 @@ def evaluation(study: Study, setting: str) -> Rows | None:
     for other, roles in study.settings.items():
         if other != setting and roles.get("reptile") == reptile:
             borrowed = [r for r in _own_rows(study, other) or [] if _is_baseline(r, "reptile")]
-            rows += [{**r, "method": f"{r['method']} [runs of {other}]"} for r in borrowed]
+            rows += [{**r, "method": f"{r['method']} {BORROWED}{other}]"} for r in borrowed]
     return rows
+
+
+def is_borrowed(method: str) -> bool:
+    """Whether a method's label is one evaluation() borrowed from another setting."""
+    return BORROWED in method
 
 
 def reptile_pending(study: Study, setting: str, rows: Rows) -> str | None:
