@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from gs_tune.errors import RunDirError
@@ -208,8 +208,8 @@ def _progress_reporter(space: SearchSpace):
 
 def _tune_trial_ids(results: Any) -> set[str]:
     """Every trial the finished Tune run holds, reported or not: its directory is named by
-    :func:`_trial_dirname`, the trial id."""
-    return {str(r.path).rstrip("/").rsplit("/", 1)[-1] for r in results}
+    :func:`_trial_dirname`, the trial id (the path may be a storage URI, hence posix names)."""
+    return {PurePosixPath(str(r.path)).name for r in results}
 
 
 def _record_lost_trials(run_dir: Path, info: RunInfo, known: set[str]) -> None:

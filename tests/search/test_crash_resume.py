@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -30,7 +31,7 @@ import yaml
 
 from gs_tune.results.tables import ResultsWriter, read_table_file
 from gs_tune.rundir import FINISHED, new_run_info, read_run, write_run
-from gs_tune.search.runner import _record_lost_trials, resume
+from gs_tune.search.runner import _record_lost_trials, _tune_trial_ids, resume
 from gs_tune.search.searcher import TUNE_ID_ATTR
 from gs_tune.search.space import parse_space
 
@@ -213,3 +214,10 @@ def test_a_trial_the_resumed_tune_run_never_had_is_failed_and_recorded_lost(tmp_
     state = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert state[states["orphan"]] == state[states[None]] == "FAIL"
     assert (state[states["pending"]], state[states["done"]]) == ("RUNNING", "COMPLETE")
+
+
+def test_tune_trial_ids_are_the_trial_directory_names_on_any_storage():
+    """Tune gives a trial's path as a local path or a storage URI, with or without a trailing slash."""
+    results = [SimpleNamespace(path=p) for p in ("/runs/x/tune/ab12cd34", "s3://bucket/runs/x/tune/ef56ab78/",
+                                                 "file:///runs/x/tune/0a1b2c3d")]
+    assert _tune_trial_ids(results) == {"ab12cd34", "ef56ab78", "0a1b2c3d"}
