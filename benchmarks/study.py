@@ -67,7 +67,7 @@ from gs_tune.results.evaluation import (
 )
 from gs_tune.results.report import SLOPE_NOTE, curves_data, draw_evaluation, draw_pairs
 from gs_tune.results.tables import read_metrics
-from gs_tune.rundir import METRICS_FILE, read_run, read_space
+from gs_tune.rundir import METRICS_FILE, RUNNING, read_run, read_space
 from gs_tune.stats import mean_interval
 
 K5 = "5w1s_k5"  # the setting of the efficiency question
@@ -217,7 +217,7 @@ def test_section(study: Study, setting: str, plots: Path) -> list[str]:
            *(f"- {note}" for note in method_notes(rows))]
     pending = reptile_pending(study, setting, rows)
     md += [f"- {pending}", ""] if pending else [""]
-    fomaml = _find(rows, "baselines-run", "fomaml")
+    fomaml, maml = _find(rows, "baselines-run", "fomaml"), _find(rows, "baselines-run", "maml")
     exact, untuned = _find(rows, "tuned", "ahe"), _find(rows, "default", "ahe")
     identity = _find(rows, "baselines-run", "ahe")
     ablation = _find(rows, "tuned-ablation", "ahe")
@@ -225,7 +225,8 @@ def test_section(study: Study, setting: str, plots: Path) -> list[str]:
     for title, ref, shown in (
             ("Paired differences from tuned first-order MAML", fomaml, others),
             ("Tuning gain: tuned AHE minus untuned AHE", untuned, [exact, identity]),
-            ("Does the Hessian matter? Minus AHE with the exact HVP", exact, [identity, ablation])):
+            ("Does the Hessian matter? Minus AHE with the exact HVP", exact, [identity, ablation]),
+            ("Does tuned AHE reach MAML's accuracy? Minus tuned MAML", maml, [exact, identity])):
         pairs = _pairs_for(rows, ref, shown)
         md += [f"**{title}** (percentage points){_weights_note(rows, ref) if ref == untuned else ''}:", ""]
         md += markdown_pairs(pairs) if pairs else [f"no pair: {ref or 'the reference'} is not in the evaluation"]
@@ -455,6 +456,10 @@ def importances(study: Study, plots: Path) -> list[str]:
         for role in ("ahe", "ahe_identity", "ahe_seed2"):
             run = roles.get(role)
             if run is None or not (run / "study.db").is_file():
+                continue
+            ended = sum(r["status"] != RUNNING for r in trials(run))
+            if ended < read_space(run).num_samples:  # importances of a search half-way mean little
+                skipped.append(f"`{run.name}`: search running, {ended} of {read_space(run).num_samples} trials ended")
                 continue
             rung = asha_rung(run)
             for at in (None,) if rung is None else (None, rung):
