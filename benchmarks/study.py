@@ -217,6 +217,7 @@ def test_section(study: Study, setting: str, plots: Path) -> list[str]:
            *(f"- {note}" for note in method_notes(rows))]
     pending = reptile_pending(study, setting, rows)
     md += [f"- {pending}", ""] if pending else [""]
+    md += config_table(study, setting, rows)
     fomaml, maml = _find(rows, "baselines-run", "fomaml"), _find(rows, "baselines-run", "maml")
     exact, untuned = _find(rows, "tuned", "ahe"), _find(rows, "default", "ahe")
     identity = _find(rows, "baselines-run", "ahe")
@@ -236,6 +237,51 @@ def test_section(study: Study, setting: str, plots: Path) -> list[str]:
     pairs = _pairs_for(rows, fomaml, others)
     diff = draw_pairs(pairs, plots / f"pairs_{setting}.png", {r.method: r.source for r in results})
     return md + [f"![test]({bars}) ![pairs]({diff})"]
+
+
+CONFIG_FIELDS = ("inner_steps", "inner_lr", "outer_lr", "w_cos", "w_l2", "ahe_schedule", "ahe_clip")
+EDGE = 0.1  # a tuned value this close to an end of its range (as a fraction of it) is marked
+
+
+def config_table(study: Study, setting: str, rows: Rows) -> list[str]:
+    """The configuration each method was retrained with. A tuned value in the outer tenth of its
+    search range (log scale for a loguniform one) is marked with its position: there the range may
+    have cut the optimum off."""
+    ranges: dict[str, tuple[str, float, float]] = {}
+    for run in study.settings[setting].values():
+        if (run / "space.yaml").is_file():
+            for p in read_space(run).params:
+                if p.kind in ("loguniform", "uniform"):
+                    ranges.setdefault(p.name, (p.kind, *p.to_dict()[p.kind]))
+
+    def cell(field: str, value: Any, tuned: bool) -> str:
+        if value is None:
+            return "-"
+        if not isinstance(value, float):
+            return str(value)
+        text = f"{value:.3g}"
+        if tuned and field in ranges and ranges[field][1] <= value <= ranges[field][2]:
+            kind, lo, hi = ranges[field]
+            f = (math.log(value / lo) / math.log(hi / lo)) if kind == "loguniform" else (value - lo) / (hi - lo)
+            if f < EDGE or f > 1 - EDGE:
+                text += f" (at {f:.0%} of its range)"
+        return text
+
+    md = ["**Configurations retrained** (K and the searched fields; every other field is the space's fixed value):", "",
+          "| method | " + " | ".join(CONFIG_FIELDS) + " |", "|---|" + "---|" * len(CONFIG_FIELDS)]
+    seen: set[str] = set()
+    for r in rows:
+        if r["method"] in seen:
+            continue
+        seen.add(str(r["method"]))
+        p, tuned = params_of(r), r.get("config_source") in ("tuned", "baselines-run")
+        ahe_only = p.get("algorithm") != "ahe"
+        md.append(f"| {r['method']} | " + " | ".join(
+            "-" if ahe_only and f not in ("inner_steps", "inner_lr", "outer_lr") else cell(f, p.get(f), tuned)
+            for f in CONFIG_FIELDS) + " |")
+    ranged = ", ".join(f"{k} [{lo:g}, {hi:g}]{' log' if kind == 'loguniform' else ''}"
+                       for k, (kind, lo, hi) in ranges.items())
+    return md + ["", f"Search ranges: {ranged}.", ""]
 
 
 def _weights_note(rows: Rows, method: str | None) -> str:
