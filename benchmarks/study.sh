@@ -28,11 +28,11 @@
 # and the one 5-way Reptile search and retraining included), 5w1s_k5 ~7 h, 20w1s_k1 ~14 h. Read it
 # as +-30%, and slower on a machine shared with other work. Measured (BENCHMARKS §4): ASHA completes
 # more trials than the simulation below assumed (MAML at K = 5: 24,000 meta-iterations, not ~15,000),
-# and on this machine, shared with development work, 5w1s_k5 took ~1.9x its estimate (its four
-# searches 8.9 h from first trial to last, its evaluation ~4.5 h), so read 5w1s_k1 ~21 h and
-# 20w1s_k1 ~27 h. Reptile is almost half of 5w1s_k1 (K of 3-10 steps, each on support and query),
+# and on this machine, shared with development work, 5w1s_k5 took ~2x its estimate (~14 h: its four
+# searches 8.9 h from first trial to last, its evaluation ~5.3 h), so read 5w1s_k1 ~22 h and
+# 20w1s_k1 ~28 h. Reptile is almost half of 5w1s_k1 (K of 3-10 steps, each on support and query),
 # so it runs last there, before the evaluation. Worked out from:
-# * seconds per meta-iteration on one core, unloaded, from BENCHMARKS.md §4's retraining rows:
+# * seconds per meta-iteration on one core, unloaded, from the first study's retraining rows (git, up to 528c804):
 #   first-order MAML 0.164 s at 5-way K = 1 and 0.276 s at 20-way (query 5), MAML 0.406 s at 20-way;
 # * each method's cost relative to first-order MAML, timed with train() on one thread on this 2-core
 #   machine under load (load average ~8, so only the ratios are used), which agree with §1's
