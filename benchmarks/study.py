@@ -503,9 +503,9 @@ def importances(study: Study, plots: Path) -> list[str]:
             run = roles.get(role)
             if run is None or not (run / "study.db").is_file():
                 continue
-            ended = sum(r["status"] != RUNNING for r in trials(run))
-            if ended < read_space(run).num_samples:  # importances of a search half-way mean little
-                skipped.append(f"`{run.name}`: search running, {ended} of {read_space(run).num_samples} trials ended")
+            ended, total = sum(r["status"] != RUNNING for r in trials(run)), read_space(run).num_samples
+            if ended < total:  # importances of a search half-way mean little
+                skipped.append(f"`{run.name}`: search running, {ended} of {total} trials ended")
                 continue
             rung = asha_rung(run)
             for at in (None,) if rung is None else (None, rung):
