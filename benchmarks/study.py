@@ -37,6 +37,7 @@ from study_runs import (
     evaluation,
     finite,
     is_borrowed,
+    is_config,
     params_of,
     read_study,
     reptile_pending,
@@ -95,8 +96,7 @@ def _code_line(study: Study) -> str:
 
 def _find(rows: Rows, source: str, algorithm: str) -> str | None:
     """The label of the row with this config_source and algorithm (rows are one evaluation's)."""
-    return next((str(r["method"]) for r in rows
-                 if r.get("config_source") == source and params_of(r).get("algorithm") == algorithm), None)
+    return next((str(r["method"]) for r in rows if is_config(r, source, algorithm)), None)
 
 
 # --- protocol ---------------------------------------------------------------------------------

@@ -87,8 +87,10 @@ def _own_rows(study: Study, setting: str) -> Rows | None:
     return [{**r, "method": label(r)} for r in read_evaluation(run).to_pylist()]
 
 
-def _is_baseline(row: Mapping[str, Any], algorithm: str) -> bool:
-    return row.get("config_source") == "baselines-run" and params_of(row).get("algorithm") == algorithm
+def is_config(row: Mapping[str, Any], source: str, algorithm: str) -> bool:
+    """Whether an evaluation row is the configuration of this source (`tuned`, `default`,
+    `baselines-run`, ...) for this algorithm."""
+    return row.get("config_source") == source and params_of(row).get("algorithm") == algorithm
 
 
 BORROWED = "[runs of "  # how evaluation() labels rows it borrowed from another setting
@@ -103,11 +105,11 @@ def evaluation(study: Study, setting: str) -> Rows | None:
     """
     rows = _own_rows(study, setting)
     reptile = study.settings[setting].get("reptile")
-    if rows is None or reptile is None or any(_is_baseline(r, "reptile") for r in rows):
+    if rows is None or reptile is None or any(is_config(r, "baselines-run", "reptile") for r in rows):
         return rows
     for other, roles in study.settings.items():
         if other != setting and roles.get("reptile") == reptile:
-            borrowed = [r for r in _own_rows(study, other) or [] if _is_baseline(r, "reptile")]
+            borrowed = [r for r in _own_rows(study, other) or [] if is_config(r, "baselines-run", "reptile")]
             rows += [{**r, "method": f"{r['method']} {BORROWED}{other}]"} for r in borrowed]
     return rows
 
@@ -121,7 +123,7 @@ def reptile_pending(study: Study, setting: str, rows: Rows) -> str | None:
     """Why a setting that names a Reptile search has no Reptile row yet: the shared search is
     retrained in another setting's evaluation, which has not run (or its search has not)."""
     reptile = study.settings[setting].get("reptile")
-    if reptile is None or any(_is_baseline(r, "reptile") for r in rows):
+    if reptile is None or any(is_config(r, "baselines-run", "reptile") for r in rows):
         return None
     return (f"Reptile: not in this table yet. Its search (`{reptile.name}`, K searched, shared by the "
             f"5-way settings) is retrained once, in 5w1s_k1's evaluation, which has not run; its rows "
