@@ -10,8 +10,10 @@
 # 5w1s_k1 under another name (another sampler seed) for the spread of the importances. Then per
 # setting `gs-tune evaluate` (5 fresh seeds, 600 test tasks, retrained on train+val) and
 # benchmarks/study_cost.py (the evaluated configurations timed interleaved in one process, free of
-# the machine's drift), then `gs-tune report` on every run and benchmarks/study.py, which prints
-# BENCHMARKS §4 and draws its plots.
+# the machine's drift). Reptile, the most expensive method, comes last: after every setting's
+# other searches, evaluations and timings, its searches run and it joins each finished evaluation
+# (benchmarks/study_journal.py keeps the runs already made) and timing. Then `gs-tune report` on
+# every run and benchmarks/study.py, which prints BENCHMARKS §4 and draws its plots.
 #
 #   bash benchmarks/study.sh [RUNS_DIR]              full study (default RUNS_DIR runs/study2)
 #   STUDY_SMOKE=1 bash benchmarks/study.sh /tmp/study-smoke   the whole pipeline, tiny (~15-20 min)
@@ -31,7 +33,8 @@
 # and on this machine, shared with development work, 5w1s_k5 took ~2x its estimate (~14 h: its four
 # searches 8.9 h from first trial to last, its evaluation ~5.3 h), so read 5w1s_k1 ~22 h and
 # 20w1s_k1 ~28 h. Reptile is almost half of 5w1s_k1 (K of 3-10 steps, each on support and query),
-# so it runs last there, before the evaluation. Worked out from:
+# and a large share of 20w1s_k1, so it runs after every setting's other methods (since the 10th
+# piece; before, it ran last within 5w1s_k1, before that setting's evaluation). Worked out from:
 # * seconds per meta-iteration on one core, unloaded, from the first study's retraining rows (git, up to 528c804):
 #   first-order MAML 0.164 s at 5-way K = 1 and 0.276 s at 20-way (query 5), MAML 0.406 s at 20-way;
 # * each method's cost relative to first-order MAML, timed with train() on one thread on this 2-core
@@ -43,7 +46,8 @@
 # * a search: 16 trials under the ASHA below run ~15,000 meta-iterations (a simulation of its rungs),
 #   +12% for validations, two trials at a time; an evaluation: 7 methods x 5 seeds x ~2,200
 #   iteration-equivalents (training, a validation, 600 test tasks), two at a time.
-# If the budget forces a cut, cut 20w1s_k1 (STUDY_SETTINGS), not trials or seeds.
+# If the budget forces a cut, what is cut is Reptile (it runs last), then 20w1s_k1 (STUDY_SETTINGS),
+# never trials or seeds.
 #
 # IN THE BACKGROUND, IN PIECES (from the repository root):
 #   setsid nohup bash benchmarks/study.sh runs/study2 >> runs/study2.log 2>&1 &
@@ -199,22 +203,56 @@ evaluate() {  # SETTING AHE_RUN IDENTITY_RUN ALGORITHMS BASELINE_RUN...
   local setting=$1 ahe=$RUNS/$2 identity=$RUNS/$3 algorithms=$4; shift 4
   local runs=(--baselines-run "$identity")
   for b in "$@"; do runs+=(--baselines-run "$RUNS/$b"); done
-  if [ -f "$ahe/evaluation.parquet" ]; then note "$setting: evaluation done, skipped"; return; fi
-  note "$setting: evaluate $(basename "$ahe")"
+  if [ -f "$ahe/evaluation.parquet" ]; then
+    if [[ ",$algorithms," != *,reptile,* ]] || has_reptile "$ahe"; then
+      note "$setting: evaluation done, skipped"; return
+    fi
+    # Reptile joins a finished evaluation (it is searched last): its journal is written back from
+    # evaluation.parquet, so gs-tune evaluate keeps those runs and retrains Reptile's only.
+    note "$setting: evaluate again with Reptile added; the runs evaluation.parquet holds are kept"
+    "$PY" benchmarks/study_journal.py "$ahe"
+  else
+    note "$setting: evaluate $(basename "$ahe")"
+  fi
   # The identity-HVP search joins as a baselines run: evaluate takes the best trial of each
   # algorithm listed in --baselines over the --baselines-run directories, so `ahe` there is the
   # identity run's best trial (no other baselines run has an ahe trial). It is then retrained in
   # the same evaluation, on the same seeds and test tasks, and every pair stays paired.
-  local rc=0
+  local rc=0 done=0
   "$B" evaluate "$ahe" --seeds "$SEEDS" --tasks "$TASKS" --baselines "$algorithms" \
     --reference fomaml "${runs[@]}" "${EVAL_EXTRA[@]}" || rc=$?
-  finished_anyway "$rc" "$setting: evaluate" "$([ -f "$ahe/evaluation.parquet" ] && echo 1 || echo 0)"
+  if [ -f "$ahe/evaluation.parquet" ] && { [[ ",$algorithms," != *,reptile,* ]] || has_reptile "$ahe"; }; then
+    done=1
+  fi
+  finished_anyway "$rc" "$setting: evaluate" "$done"
+}
+
+has_reptile() {  # RUN: whether its evaluation.parquet has the Reptile search's rows
+  "$PY" - "$1" <<'EOF'
+import os
+import sys
+sys.path.insert(0, "benchmarks")
+import study_runs
+from gs_tune.results.tables import read_evaluation
+rows = read_evaluation(sys.argv[1]).to_pylist()
+os._exit(0 if any(study_runs.is_config(r, "baselines-run", "reptile") for r in rows) else 1)  # as in run_state
+EOF
 }
 
 cost() {  # SETTING: its evaluated configurations timed interleaved in one process (study_cost.py)
-  local out="$RUNS/cost_$1.json"
-  if [ -f "$out" ]; then note "$1: interleaved timing done, skipped"; return; fi
-  note "$1: interleaved timing"
+  local out="$RUNS/cost_$1.json" rc=0
+  if [ -f "$out" ]; then
+    "$PY" benchmarks/study_cost.py --runs "$RUNS" --setting "$1" --covers "$out" || rc=$?
+    case $rc in
+      0) note "$1: interleaved timing done, skipped"; return ;;
+      3) # a method joined the evaluation after it was timed (Reptile, last): all are timed again
+         # together, as the ratios need; the old timing is kept beside the new
+         mv "$out" "${out%.json}.incomplete.json"; note "$1: interleaved timing again, Reptile included" ;;
+      *) note "$1: study_cost.py --covers exited with status $rc; stopping"; exit "$rc" ;;
+    esac
+  else
+    note "$1: interleaved timing"
+  fi
   "$PY" benchmarks/study_cost.py --runs "$RUNS" --setting "$1" "${COST_EXTRA[@]}" --out "$out"
 }
 
@@ -232,19 +270,25 @@ setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps
   search "$s" ahe_identity "${s}_ahe_identity" cosine_l2 "${shape[@]}" "inner_steps=$k" hvp=identity
   search "$s" maml "${s}_maml" baselines "${shape[@]}" "inner_steps=$k" algorithm=maml
   search "$s" fomaml "${s}_fomaml" baselines "${shape[@]}" "inner_steps=$k" algorithm=fomaml
-  # Reptile searches its own K (3-10; with one step it is joint training, not Reptile), so its
-  # search does not depend on the setting's K: one 5-way search serves both 5-way settings, and it
-  # is retrained once, in 5w1s_k1's evaluation. 5w1s_k5's would be the very same runs (same
-  # configuration, seeds and test tasks): study.py takes them from there (~2.7 hours saved), so
-  # 5w1s_k5 only names the run here and its evaluation needs no Reptile.
-  if [ "$k" = 1 ]; then
-    search "$s" reptile 5w1s_reptile baselines "${shape[@]}" algorithm=reptile
-    evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,reptile,ahe "${s}_maml" "${s}_fomaml" 5w1s_reptile
-  else
-    name_run "$s" reptile 5w1s_reptile
-    evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,ahe "${s}_maml" "${s}_fomaml"
-  fi
+  # Reptile is searched last, after every setting's other searches and evaluations (reptile_5w):
+  # at ~8x first-order MAML's cost per meta-iteration it is the study's most expensive method and
+  # the one no question turns on. The evaluation here retrains the others; Reptile joins it later.
+  name_run "$s" reptile 5w1s_reptile
+  evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,ahe "${s}_maml" "${s}_fomaml"
   cost "$s"
+}
+
+# Reptile searches its own K (3-10; with one step it is joint training, not Reptile), so its search
+# does not depend on the setting's K: one 5-way search serves both 5-way settings, and it is
+# retrained once, joining 5w1s_k1's evaluation. 5w1s_k5's would be the very same runs (same
+# configuration, seeds and test tasks): study.py takes them from there, so 5w1s_k5 only names the
+# run. Both 5-way timings then run again with Reptile among the methods.
+reptile_5w() {
+  local s=5w1s_k1
+  search "$s" reptile 5w1s_reptile baselines ways=5 shots=1 "query=$QUERY_5WAY" algorithm=reptile
+  evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,reptile,ahe "${s}_maml" "${s}_fomaml" 5w1s_reptile
+  cost "$s"
+  if [ -f "$RUNS/5w1s_k5_ahe/evaluation.parquet" ]; then cost 5w1s_k5; fi
 }
 
 for setting in $SETTINGS; do
@@ -252,15 +296,27 @@ for setting in $SETTINGS; do
     5w1s_k1) setting_5w 5w1s_k1 1 ;;
     5w1s_k5) setting_5w 5w1s_k5 5 ;;
     20w1s_k1)
-      s=20w1s_k1; shape=(ways=20 shots=1 "query=$QUERY_20WAY" inner_steps=1)
-      search $s ahe ${s}_ahe cosine_l2 "${shape[@]}"
-      search $s ahe_identity ${s}_ahe_identity cosine_l2 "${shape[@]}" hvp=identity
-      search $s maml ${s}_maml baselines "${shape[@]}" algorithm=maml
-      search $s fomaml ${s}_fomaml baselines "${shape[@]}" algorithm=fomaml
+      s=20w1s_k1; shape=(ways=20 shots=1 "query=$QUERY_20WAY")
+      search $s ahe ${s}_ahe cosine_l2 "${shape[@]}" inner_steps=1
+      search $s ahe_identity ${s}_ahe_identity cosine_l2 "${shape[@]}" inner_steps=1 hvp=identity
+      search $s maml ${s}_maml baselines "${shape[@]}" inner_steps=1 algorithm=maml
+      search $s fomaml ${s}_fomaml baselines "${shape[@]}" inner_steps=1 algorithm=fomaml
+      name_run $s reptile 20w1s_reptile
+      evaluate $s ${s}_ahe ${s}_ahe_identity maml,fomaml,ahe ${s}_maml ${s}_fomaml
+      cost $s ;;
+    *) echo "study.sh: unknown setting $setting; allowed: 5w1s_k1 5w1s_k5 20w1s_k1" >&2; exit 2 ;;
+  esac
+done
+# Reptile last, setting by setting (see setting_5w): if the sessions run out, what is cut is
+# Reptile's rows, not a setting's answers.
+for setting in $SETTINGS; do
+  case $setting in
+    5w1s_k1) reptile_5w ;;
+    20w1s_k1)
+      s=20w1s_k1
       search $s reptile 20w1s_reptile baselines ways=20 shots=1 "query=$QUERY_20WAY" algorithm=reptile
       evaluate $s ${s}_ahe ${s}_ahe_identity maml,fomaml,reptile,ahe ${s}_maml ${s}_fomaml 20w1s_reptile
       cost $s ;;
-    *) echo "study.sh: unknown setting $setting; allowed: 5w1s_k1 5w1s_k5 20w1s_k1" >&2; exit 2 ;;
   esac
 done
 

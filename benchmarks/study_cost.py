@@ -15,6 +15,11 @@ efficiency table.
 
     python benchmarks/study_cost.py --runs runs/study2 --setting 5w1s_k5 [--rounds 8] [--block 20]
         [--out runs/study2/cost_5w1s_k5.json]
+    python benchmarks/study_cost.py --runs runs/study2 --setting 5w1s_k5 --covers runs/study2/cost_5w1s_k5.json
+
+--covers times nothing: it exits 0 when that timing holds every method the setting's evaluation
+now has, 3 when a method has joined the evaluation since (study.sh adds Reptile last), and 1 on an
+error.
 """
 
 from __future__ import annotations
@@ -99,6 +104,17 @@ def summarise(per_round: dict[str, list[float]], reference: str) -> list[dict[st
     return out
 
 
+def covers(path: Path, cfgs: dict[str, TrainConfig]) -> int:
+    """0 if the timing at ``path`` holds every method of ``cfgs``, 3 (naming the missing) if not."""
+    try:
+        timed = {r["method"] for r in json.loads(path.read_text())["rows"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"study_cost.py: error: --covers {path}: not a timing this script wrote ({exc})") from exc
+    missing = [m for m in cfgs if m not in timed]
+    print(f"study_cost.py: {path.name} " + (f"lacks {', '.join(missing)}" if missing else "times every method"))
+    return 3 if missing else 0
+
+
 def markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     md = [(f"Interleaved timing ({meta['setting']}): {meta['rounds']} rounds of {meta['block']} meta-iterations "
            f"per method after one warm-up round, one process, {meta['threads']} torch thread, "
@@ -120,12 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="counted rounds (default 8)")
     parser.add_argument("--block", type=int, default=20, help="meta-iterations per method per round (default 20)")
     parser.add_argument("--out", type=Path, help="also write the rows and the conditions as JSON here")
+    parser.add_argument("--covers", type=Path, help="time nothing: exit 0 if this --out file times every "
+                                                    "method of the setting's evaluation, 3 if not")
     args = parser.parse_args(argv)
     for name in ("rounds", "block"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not (args.runs / study_runs.MANIFEST).is_file():
         parser.error(f"{args.runs} has no {study_runs.MANIFEST}; run benchmarks/study.sh first")
+    if args.covers:
+        return covers(args.covers, configs(args.runs, args.setting))
     torch.set_num_threads(1)
     cfgs = configs(args.runs, args.setting)
     load_start = os.getloadavg()[0]
@@ -144,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    study_runs.exit_now(main())

@@ -1,5 +1,5 @@
 """How benchmarks/study.sh's run directories name the study's runs and methods: the reading that
-study.py (the tables) and study_cost.py (the interleaved timing) share.
+study.py (the tables), study_cost.py (the interleaved timing) and study_journal.py share.
 
 Only names that gs_tune had when the study's code was pinned are used, so both scripts can run
 beside the pinned code as well as the current one.
@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gs_tune.config import TrainConfig
 from gs_tune.results.tables import read_evaluation, read_trials
@@ -45,6 +47,16 @@ def read_study(runs_dir: Path) -> Study:
     log = runs_dir / INVOCATIONS
     code = [tuple(line.split("\t")) for line in log.read_text().splitlines()] if log.is_file() else []
     return Study(runs_dir, mode, code, settings)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a study script with ``code``, skipping interpreter finalization: a gs_tune older than
+    read_table_file (the study's pinned one) leaves Arrow work behind that can abort the process at
+    exit (apache/arrow#34314), and study.sh would take the abort for the script's answer. The
+    scripts have written and synced what they write by the time they return."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def trials(run: Path) -> Rows:
@@ -120,11 +132,13 @@ def is_borrowed(method: str) -> bool:
 
 
 def reptile_pending(study: Study, setting: str, rows: Rows) -> str | None:
-    """Why a setting that names a Reptile search has no Reptile row yet: the shared search is
-    retrained in another setting's evaluation, which has not run (or its search has not)."""
+    """Why a setting that names a Reptile search has no Reptile row yet: Reptile runs last, and its
+    search or the retraining that joins an evaluation (5w1s_k1's for both 5-way settings) has not."""
     reptile = study.settings[setting].get("reptile")
     if reptile is None or any(is_config(r, "baselines-run", "reptile") for r in rows):
         return None
-    return (f"Reptile: not in this table yet. Its search (`{reptile.name}`, K searched, shared by the "
-            f"5-way settings) is retrained once, in 5w1s_k1's evaluation, which has not run; its rows "
-            f"join this table when it has (the same runs: same configuration, seeds and test tasks).")
+    five = setting.startswith("5w")
+    return (f"Reptile: not in this table yet. It runs last in the study, as its most expensive method: "
+            f"its search (`{reptile.name}`, K searched{', shared by the 5-way settings' if five else ''}) "
+            f"and its retraining, which joins {'5w1s_k1' if five else 'this setting'}'s evaluation on the "
+            f"same seeds and test tasks, have not run yet.")
