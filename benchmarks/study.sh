@@ -203,10 +203,8 @@ evaluate() {  # SETTING AHE_RUN IDENTITY_RUN ALGORITHMS BASELINE_RUN...
   local setting=$1 ahe=$RUNS/$2 identity=$RUNS/$3 algorithms=$4; shift 4
   local runs=(--baselines-run "$identity")
   for b in "$@"; do runs+=(--baselines-run "$RUNS/$b"); done
+  if evaluated "$ahe" "$algorithms"; then note "$setting: evaluation done, skipped"; return; fi
   if [ -f "$ahe/evaluation.parquet" ]; then
-    if [[ ",$algorithms," != *,reptile,* ]] || has_reptile "$ahe"; then
-      note "$setting: evaluation done, skipped"; return
-    fi
     # Reptile joins a finished evaluation (it is searched last): its journal is written back from
     # evaluation.parquet, so gs-tune evaluate keeps those runs and retrains Reptile's only.
     note "$setting: evaluate again with Reptile added; the runs evaluation.parquet holds are kept"
@@ -218,16 +216,15 @@ evaluate() {  # SETTING AHE_RUN IDENTITY_RUN ALGORITHMS BASELINE_RUN...
   # algorithm listed in --baselines over the --baselines-run directories, so `ahe` there is the
   # identity run's best trial (no other baselines run has an ahe trial). It is then retrained in
   # the same evaluation, on the same seeds and test tasks, and every pair stays paired.
-  local rc=0 done=0
+  local rc=0
   "$B" evaluate "$ahe" --seeds "$SEEDS" --tasks "$TASKS" --baselines "$algorithms" \
     --reference fomaml "${runs[@]}" "${EVAL_EXTRA[@]}" || rc=$?
-  if [ -f "$ahe/evaluation.parquet" ] && { [[ ",$algorithms," != *,reptile,* ]] || has_reptile "$ahe"; }; then
-    done=1
-  fi
-  finished_anyway "$rc" "$setting: evaluate" "$done"
+  finished_anyway "$rc" "$setting: evaluate" "$(evaluated "$ahe" "$algorithms" && echo 1 || echo 0)"
 }
 
-has_reptile() {  # RUN: whether its evaluation.parquet has the Reptile search's rows
+evaluated() {  # RUN ALGORITHMS: whether its evaluation.parquet exists and holds Reptile if ALGORITHMS asks for it
+  [ -f "$1/evaluation.parquet" ] || return 1
+  [[ ",$2," == *,reptile,* ]] || return 0
   "$PY" - "$1" <<'EOF'
 import os
 import sys

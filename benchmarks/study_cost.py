@@ -144,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not (args.runs / study_runs.MANIFEST).is_file():
         parser.error(f"{args.runs} has no {study_runs.MANIFEST}; run benchmarks/study.sh first")
-    if args.covers:
-        return covers(args.covers, configs(args.runs, args.setting))
-    torch.set_num_threads(1)
     cfgs = configs(args.runs, args.setting)
+    if args.covers:
+        return covers(args.covers, cfgs)
+    torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
     per_round = time_interleaved(cfgs, args.rounds, args.block)
     meta = {"setting": args.setting, "rounds": args.rounds, "block": args.block, "threads": 1,

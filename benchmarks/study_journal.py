@@ -28,7 +28,7 @@ from gs_tune.config import train_config
 from gs_tune.errors import GsTuneError
 from gs_tune.results.tables import read_evaluation
 from gs_tune.rundir import EVALUATION_FILE, EVALUATION_RUNS_FILE
-from gs_tune.search.evaluate import Method, run_key
+from gs_tune.search.evaluate import Method, _finished_runs, run_key
 
 
 def _canonical(params: dict[str, Any]) -> str:
@@ -54,21 +54,6 @@ def journal_entries(run_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _held(journal: Path) -> list[dict[str, Any]]:
-    """The journal's whole entries (a line a kill cut short is dropped, as evaluate drops it)."""
-    if not journal.is_file():
-        return []
-    out = []
-    for line in journal.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            entry = json.loads(line) if line.endswith("\n") else None
-        except ValueError:
-            entry = None
-        if isinstance(entry, dict) and "key" in entry and "row" in entry:
-            out.append(entry)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run directory holding evaluation.parquet")
@@ -81,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study_journal.py: {exc}", file=sys.stderr)
         return 1
     journal = args.run_dir / EVALUATION_RUNS_FILE
-    held = _held(journal)
-    keys = {e["key"] for e in held}
-    entries = held + [e for e in seeded if e["key"] not in keys]
+    held = _finished_runs(journal)  # read as evaluate reads it: a line a kill cut short is dropped
+    entries = [{"key": k, "row": r} for k, r in held.items()] + [e for e in seeded if e["key"] not in held]
     tmp = journal.with_name(journal.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(e, default=str) + "\n" for e in entries)
