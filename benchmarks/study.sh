@@ -78,6 +78,12 @@ QUERY_20WAY=5     # 20-way: 5 queries per class, as in the first study. The quer
 
 SMOKE=${STUDY_SMOKE:-0}
 RUNS=$(realpath -m "${1:-runs/study2}")
+# The finished steps' tables, kept in git (benchmarks/study_archive.py): set STUDY_ARCHIVE= (empty)
+# for none. A smoke study keeps none unless asked.
+ARCHIVE_DEFAULT=docs/study/data
+[ "${STUDY_SMOKE:-0}" = 1 ] && ARCHIVE_DEFAULT=
+ARCHIVE=${STUDY_ARCHIVE-$ARCHIVE_DEFAULT}
+[ -z "$ARCHIVE" ] || ARCHIVE=$(realpath -m "$ARCHIVE")
 cd "$(dirname "$0")/.."
 B=${GS_TUNE:-$PWD/.venv/bin/gs-tune}
 PY=${PYTHON:-$PWD/.venv/bin/python}
@@ -98,6 +104,9 @@ mkdir -p "$RUNS/spaces"
 exec 9> "$RUNS/study.lock"
 flock -n 9 || { echo "study.sh: another study.sh is running on $RUNS" >&2; exit 2; }
 echo $$ > "$RUNS/study.pid"
+# On a machine without the run directories (a new one), the archived steps come back first, so the
+# study goes on from the last step kept rather than from the start.
+[ -z "$ARCHIVE" ] || "$PY" benchmarks/study_archive.py restore "$ARCHIVE" "$RUNS"
 # study.tsv: the mode, then setting, role and run name of every search any invocation made (kept
 # across invocations, so settings run in separate pieces all reach study.py).
 MANIFEST="$RUNS/study.tsv"
@@ -113,6 +122,10 @@ printf '%s\t%s\t%s\t%s\n' "$(date '+%F %T')" "$(git rev-parse --short HEAD 2>/de
   "$(git rev-parse --short HEAD:gs_tune 2>/dev/null || echo unknown)" \
   "$(git diff --quiet HEAD -- gs_tune 2>/dev/null && echo clean || echo 'gs_tune/ edited')" >> "$RUNS/study.invocations"
 note() { printf '\n[study %s] %s\n' "$(date '+%F %T')" "$*"; }
+keep() {  # the finished steps' tables into the archive (to be committed)
+  [ -z "$ARCHIVE" ] || "$PY" benchmarks/study_archive.py save "$RUNS" "$ARCHIVE" \
+    || note "study_archive.py save exited with status $?; going on (the run directories hold it all)"
+}
 
 # The shipped spaces with the study's budget written in: ASHA's grace period and reduction factor
 # are settings of the space, not fields --fix can pin, so the searches run from these copies
@@ -135,25 +148,31 @@ if not out.is_file() or out.read_text() != text:
 EOF
 done
 
-# State of a run directory: new (absent or empty), broken (no run.json or no Ray Tune state: killed
-# while launch was starting, before any trial), unfinished, or done (as many ended trials as
-# num_samples; the count `gs-tune launch` itself uses to call a search interrupted).
+# State of a run directory: new (absent or empty), done (as many ended trials as num_samples; the
+# count `gs-tune launch` itself uses to call a search interrupted; a search restored from the
+# archive is done with no Ray state), broken (no run.json or no Ray Tune state: killed while launch
+# was starting, before any trial), or unfinished.
 run_state() {
   "$PY" - "$1" <<'EOF'
 import os
 import sys
 from pathlib import Path
 from gs_tune.results.tables import read_trials
-from gs_tune.rundir import EXPERIMENT, RUN_FILE, RUNNING, TRIALS_FILE, read_space
+from gs_tune.rundir import EXPERIMENT, RUN_FILE, RUNNING, SPACE_FILE, TRIALS_FILE, read_space
 run = Path(sys.argv[1])
+def done(run):
+    if not (run / TRIALS_FILE).is_file() or not (run / SPACE_FILE).is_file():
+        return False
+    ended = sum(1 for r in read_trials(run).to_pylist() if r["status"] != RUNNING)
+    return ended >= read_space(run).num_samples
 if not run.is_dir() or not any(run.iterdir()):
     state = "new"
+elif done(run):
+    state = "done"
 elif not (run / RUN_FILE).is_file() or not any((run / EXPERIMENT).glob("experiment_state*.json")):
     state = "broken"
 else:
-    rows = read_trials(run).to_pylist() if (run / TRIALS_FILE).is_file() else []
-    ended = sum(1 for r in rows if r["status"] != RUNNING)
-    state = "done" if ended >= read_space(run).num_samples else "unfinished"
+    state = "unfinished"
 print(state, flush=True)
 # Skip interpreter finalization: a gs_tune older than read_table_file leaves Arrow work behind
 # that can abort the process at exit (apache/arrow#34314), which set -e would take for a failure.
@@ -197,6 +216,7 @@ search() {  # SETTING ROLE NAME SPACE FIX...: one search, launched, resumed or s
   state=$(run_state "$dir")
   finished_anyway "$rc" "$name" "$([ "$state" = done ] && echo 1 || echo 0)"
   [ "$state" = done ] || note "WARNING: $name is $state after the search returned; its finished trials are used"
+  keep
 }
 
 evaluate() {  # SETTING AHE_RUN IDENTITY_RUN ALGORITHMS BASELINE_RUN...
@@ -220,6 +240,7 @@ evaluate() {  # SETTING AHE_RUN IDENTITY_RUN ALGORITHMS BASELINE_RUN...
   "$B" evaluate "$ahe" --seeds "$SEEDS" --tasks "$TASKS" --baselines "$algorithms" \
     --reference fomaml "${runs[@]}" "${EVAL_EXTRA[@]}" || rc=$?
   finished_anyway "$rc" "$setting: evaluate" "$(evaluated "$ahe" "$algorithms" && echo 1 || echo 0)"
+  keep
 }
 
 evaluated() {  # RUN ALGORITHMS: whether its evaluation.parquet exists and holds Reptile if ALGORITHMS asks for it
@@ -251,19 +272,12 @@ cost() {  # SETTING: its evaluated configurations timed interleaved in one proce
     note "$1: interleaved timing"
   fi
   "$PY" benchmarks/study_cost.py --runs "$RUNS" --setting "$1" "${COST_EXTRA[@]}" --out "$out"
+  keep
 }
 
 setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps (Reptile: shared)
   local s=$1 k=$2 shape=(ways=5 shots=1 "query=$QUERY_5WAY")
   search "$s" ahe "${s}_ahe" cosine_l2 "${shape[@]}" "inner_steps=$k"
-  if [ "$k" = 1 ]; then
-    # The second AHE search: the same space and budget under another name, so another sampler
-    # seed, for the spread of the importances between two searches (question 4). Not evaluated:
-    # it answers no test question. It runs right after the first, so question 4 is answered two
-    # searches into the setting rather than five; the order changes no result (each search's
-    # seed comes from its name).
-    search "$s" ahe_seed2 "${s}_ahe_seed2" cosine_l2 "${shape[@]}" "inner_steps=$k"
-  fi
   search "$s" ahe_identity "${s}_ahe_identity" cosine_l2 "${shape[@]}" "inner_steps=$k" hvp=identity
   search "$s" maml "${s}_maml" baselines "${shape[@]}" "inner_steps=$k" algorithm=maml
   search "$s" fomaml "${s}_fomaml" baselines "${shape[@]}" "inner_steps=$k" algorithm=fomaml
@@ -273,6 +287,13 @@ setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps
   name_run "$s" reptile 5w1s_reptile
   evaluate "$s" "${s}_ahe" "${s}_ahe_identity" maml,fomaml,ahe "${s}_maml" "${s}_fomaml"
   cost "$s"
+  if [ "$k" = 1 ]; then
+    # The second AHE search: the same space and budget under another name, so another sampler
+    # seed, for the spread of the importances between two searches (question 4). Not evaluated:
+    # it answers no test question, so it runs after the setting's evaluation and timing (the
+    # order changes no result: each search's seed comes from its name).
+    search "$s" ahe_seed2 "${s}_ahe_seed2" cosine_l2 "${shape[@]}" "inner_steps=$k"
+  fi
 }
 
 # Reptile searches its own K (3-10; with one step it is joint training, not Reptile), so its search
