@@ -42,6 +42,7 @@ from study_runs import (
     read_study,
     reptile_pending,
     trials,
+    trials_ended,
 )
 
 from gs_tune.config import TrainConfig
@@ -68,7 +69,7 @@ from gs_tune.results.evaluation import (
 )
 from gs_tune.results.report import SLOPE_NOTE, curves_data, draw_evaluation, draw_pairs
 from gs_tune.results.tables import read_metrics
-from gs_tune.rundir import METRICS_FILE, RUNNING, read_run, read_space
+from gs_tune.rundir import METRICS_FILE, read_run, read_space
 from gs_tune.stats import mean_interval
 
 K5 = "5w1s_k5"  # the setting of the efficiency question
@@ -503,7 +504,7 @@ def importances(study: Study, plots: Path) -> list[str]:
             run = roles.get(role)
             if run is None or not (run / "study.db").is_file():
                 continue
-            ended, total = sum(r["status"] != RUNNING for r in trials(run)), read_space(run).num_samples
+            ended, total = trials_ended(run)
             if ended < total:  # importances of a search half-way mean little
                 skipped.append(f"`{run.name}`: search running, {ended} of {total} trials ended")
                 continue

@@ -157,17 +157,13 @@ run_state() {
 import os
 import sys
 from pathlib import Path
-from gs_tune.results.tables import read_trials
-from gs_tune.rundir import EXPERIMENT, RUN_FILE, RUNNING, SPACE_FILE, TRIALS_FILE, read_space
+sys.path.insert(0, "benchmarks")
+from study_runs import search_done
+from gs_tune.rundir import EXPERIMENT, RUN_FILE
 run = Path(sys.argv[1])
-def done(run):
-    if not (run / TRIALS_FILE).is_file() or not (run / SPACE_FILE).is_file():
-        return False
-    ended = sum(1 for r in read_trials(run).to_pylist() if r["status"] != RUNNING)
-    return ended >= read_space(run).num_samples
 if not run.is_dir() or not any(run.iterdir()):
     state = "new"
-elif done(run):
+elif search_done(run):
     state = "done"
 elif not (run / RUN_FILE).is_file() or not any((run / EXPERIMENT).glob("experiment_state*.json")):
     state = "broken"

@@ -31,33 +31,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from study_runs import INVOCATIONS, MANIFEST
+from study_runs import INVOCATIONS, MANIFEST, search_done
 
-from gs_tune.results.tables import read_trials
 from gs_tune.rundir import (
     EVALUATION_FILE,
     EVALUATION_PAIRS_FILE,
     EVALUATION_RUNS_FILE,
     METRICS_FILE,
     RUN_FILE,
-    RUNNING,
     SPACE_FILE,
     STUDY_FILE,
     TRIALS_FILE,
-    read_space,
 )
 
 SEARCH_FILES = (RUN_FILE, SPACE_FILE, STUDY_FILE, TRIALS_FILE, METRICS_FILE)
 EVALUATION_FILES = (EVALUATION_FILE, EVALUATION_PAIRS_FILE, EVALUATION_RUNS_FILE)
-
-
-def search_done(run: Path) -> bool:
-    """Whether the search in ``run`` has ended all its trials: the count `gs-tune launch` uses
-    to call a search interrupted, and study.sh's "done"."""
-    if not (run / TRIALS_FILE).is_file() or not (run / SPACE_FILE).is_file():
-        return False
-    ended = sum(1 for r in read_trials(run).to_pylist() if r["status"] != RUNNING)
-    return ended >= read_space(run).num_samples
 
 
 def _copy(src: Path, dst: Path) -> None:

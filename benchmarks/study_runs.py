@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from gs_tune.config import TrainConfig
 from gs_tune.results.tables import read_evaluation, read_trials
-from gs_tune.rundir import EVALUATION_FILE, FINISHED, TRIALS_FILE
+from gs_tune.rundir import EVALUATION_FILE, FINISHED, RUNNING, SPACE_FILE, TRIALS_FILE, read_space
 
 Rows = list[dict[str, Any]]
 MANIFEST = "study.tsv"
@@ -61,6 +61,19 @@ def exit_now(code: int) -> NoReturn:
 
 def trials(run: Path) -> Rows:
     return read_trials(run).to_pylist() if (run / TRIALS_FILE).is_file() else []
+
+
+def trials_ended(run: Path) -> tuple[int, int]:
+    """(ended trials, num_samples) of the search in ``run``: as many ended as num_samples is the
+    count `gs-tune launch` itself uses to call a search finished, and study.sh's "done"."""
+    if not (run / SPACE_FILE).is_file():
+        return 0, 0
+    return sum(r["status"] != RUNNING for r in trials(run)), read_space(run).num_samples
+
+
+def search_done(run: Path) -> bool:
+    ended, total = trials_ended(run)
+    return total > 0 and ended >= total
 
 
 def best_trial(rows: Rows) -> dict[str, Any] | None:
