@@ -10,7 +10,9 @@ it up, and :func:`remove_stale_temps` clears those.
 
 Append-only JSON-lines logs (the results journal, an evaluation's finished runs) are the other
 kind of file that must survive a kill: :func:`append_json_line` adds a line in one write(2), so a
-kill leaves at most a torn last line, and :func:`read_json_lines` drops it.
+kill leaves at most a torn last line, and :func:`read_json_lines` drops it. A log that is appended to
+again after a kill (an evaluation resumed) first has that line cut off by :func:`drop_torn_line`,
+or the next append would join it and be dropped with it.
 """
 
 from __future__ import annotations
@@ -91,6 +93,32 @@ def read_json_lines(path: str | os.PathLike[str]) -> Iterator[Any]:
                 yield json.loads(line)
             except ValueError:
                 _log.warning("%s line %d: not a JSON line, skipped", path, number)
+
+
+def drop_torn_line(path: str | os.PathLike[str]) -> bool:
+    """Cut a torn last line (a write a kill cut short) off the JSON-lines file ``path``, so that
+    the next :func:`append_json_line` starts a line of its own; whether there was one. Only for a
+    log no other process is appending to."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        keep = end
+        while keep > 0:  # back to just after the last newline, a block at a time
+            start = max(0, keep - 65536)
+            f.seek(start)
+            block = f.read(keep - start)
+            if keep == end and block.endswith(b"\n"):
+                return False
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return end > keep
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

@@ -12,6 +12,7 @@ from gs_tune.fileio import (
     append_json_line,
     atomic_write,
     atomic_write_text,
+    drop_torn_line,
     read_json_lines,
     remove_stale_temps,
 )
@@ -77,3 +78,22 @@ def test_json_lines_survive_a_torn_last_line(tmp_path):
     got = list(read_json_lines(path))
     assert [g["a"] for g in got] == [1, 2]  # the garbled line skipped, the torn one dropped
     assert math.isnan(got[0]["loss"])
+
+
+def test_a_torn_line_is_cut_off_before_the_log_is_appended_to_again(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    assert not drop_torn_line(path)  # no log yet: nothing to cut, nothing created
+    assert not path.exists()
+    whole = b'{"a":1}\n' + b'{"a":2,"pad":"' + b"x" * 70000 + b'"}\n'  # longer than one block
+    path.write_bytes(whole + b'{"a": 3')  # a kill cut this write short
+    assert drop_torn_line(path)
+    assert path.read_bytes() == whole
+    assert not drop_torn_line(path)  # whole lines are left alone
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        append_json_line(fd, {"a": 4})
+    finally:
+        os.close(fd)
+    assert [g["a"] for g in read_json_lines(path)] == [1, 2, 4]  # the append kept, not joined to the torn line
+    path.write_bytes(b'{"a": 5')  # a torn first line: nothing before it to keep
+    assert drop_torn_line(path) and path.read_bytes() == b""

@@ -38,7 +38,7 @@ import ray
 
 from gs_tune.config import ALGORITHMS, TrainConfig, train_config
 from gs_tune.errors import ConfigError, GsTuneError, RunDirError
-from gs_tune.fileio import FILE_MODE, append_json_line, read_json_lines
+from gs_tune.fileio import FILE_MODE, append_json_line, drop_torn_line, read_json_lines
 from gs_tune.results.evaluation import DEFAULT_REFERENCE, format_summary, paired_results, write_pairs
 from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
@@ -242,6 +242,7 @@ def _retrain_all(space: SearchSpace, methods: Sequence[Method], runs: Sequence[t
     from gs_tune.search.cluster import gpus_per_trial, ray_session
 
     done = _finished_runs(journal)
+    drop_torn_line(journal)  # the runs appended below must not join a line a kill left torn
     rows = {(i, seed): done[k] for i, seed, values in runs if (k := run_key(methods[i], seed, values)) in done}
     if rows:
         print(f"gs-tune: {len(rows)} of {len(runs)} runs already done, kept from {journal}", flush=True)

@@ -18,9 +18,11 @@ from gs_tune.results.evaluation import TEST_TASK_FIELDS, read_pairs
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
 from gs_tune.rundir import EVALUATION_PAIRS_FILE, EVALUATION_RUNS_FILE
+from gs_tune.search import evaluate as evaluate_module
 from gs_tune.search.evaluate import (
     EVAL_SEED_BASE,
     REPTILE_DEFAULT_STEPS,
+    _finished_runs,
     _methods,
     _run_values,
     evaluate_run,
@@ -238,9 +240,20 @@ def test_an_ahe_baselines_run_joins_as_method_ahe(tmp_path: Path) -> None:
     assert methods[0].values.get("hvp", TrainConfig.hvp) == TrainConfig.hvp
 
 
-def test_an_interrupted_evaluation_keeps_its_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_interrupted_evaluation_keeps_its_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A killed `gs-tune evaluate` leaves RUN_DIR/evaluation_runs.jsonl with the runs that ended; run
-    again, it keeps those whose method, seed and configuration are the same and retrains the rest."""
+    again, it keeps those whose method, seed and configuration are the same and retrains the rest,
+    and each run it adds can be read back (the line the kill tore does not swallow it)."""
+    appended: list[str] = []
+    append_run = evaluate_module._append_run
+
+    def append_and_read_back(path: Path, key: str, row: dict[str, Any]) -> None:
+        append_run(path, key, row)
+        assert key in _finished_runs(path)
+        appended.append(key)
+
+    monkeypatch.setattr(evaluate_module, "_append_run", append_and_read_back)
     run_dir = tmp_path / "run"
     build_run(run_dir, [("b", BEST, 0.61, "completed")])
     space, methods, _ = _methods(run_dir, [], [], reference=None)
@@ -271,4 +284,5 @@ def test_an_interrupted_evaluation_keeps_its_finished_runs(tmp_path: Path, capsy
     assert json.loads(rows["ahe (tuned, w=0)"]["params_json"])["test_tasks"] == tasks
     assert 0.0 <= rows["ahe (default)"]["test_accuracy"] <= 1.0
     assert "1 of 3 runs already done" in capsys.readouterr().out
+    assert len(appended) == 2  # the two retrained
     assert not journal.exists()  # evaluation.parquet holds its runs now
