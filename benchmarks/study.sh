@@ -286,8 +286,8 @@ setting_5w() {  # SETTING K: the five methods at 5-way 1-shot with K inner steps
   if [ "$k" = 1 ]; then
     # The second AHE search: the same space and budget under another name, so another sampler
     # seed, for the spread of the importances between two searches (question 4). Not evaluated:
-    # it answers no test question, so it runs after the setting's evaluation and timing (the
-    # order changes no result: each search's seed comes from its name).
+    # it answers no test question, so it runs after the setting's evaluation and timing (its
+    # sampler seed comes from its name, whatever the order).
     search "$s" ahe_seed2 "${s}_ahe_seed2" cosine_l2 "${shape[@]}" "inner_steps=$k"
   fi
 }
