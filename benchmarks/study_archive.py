@@ -26,13 +26,13 @@ trials.parquet ends all its trials), and benchmarks/study.py reads ARCHIVE as it
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from study_runs import INVOCATIONS, MANIFEST, search_done
 
+from gs_tune.fileio import TEMP_SUFFIX, atomic_write
 from gs_tune.rundir import (
     EVALUATION_FILE,
     EVALUATION_PAIRS_FILE,
@@ -50,12 +50,7 @@ EVALUATION_FILES = (EVALUATION_FILE, EVALUATION_PAIRS_FILE, EVALUATION_RUNS_FILE
 
 def _copy(src: Path, dst: Path) -> None:
     """Copy one file so that ``dst`` is never half-written: a kill leaves the old file or none."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def finished_files(runs: Path) -> list[Path]:
@@ -102,7 +97,7 @@ def restore(archive: Path, runs: Path) -> list[Path]:
         return []
     held = {p.name for p in runs.iterdir()} if runs.is_dir() else set()
     copied = []
-    for src in sorted(p for p in archive.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
+    for src in sorted(p for p in archive.rglob("*") if p.is_file() and not p.name.endswith(TEMP_SUFFIX)):
         rel = src.relative_to(archive)
         if len(rel.parts) > 1 and rel.parts[0] != "spaces":
             # A run directory this machine holds is its own, newer than any copy: left whole.

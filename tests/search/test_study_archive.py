@@ -4,30 +4,14 @@ and a restore never overwrites what the machine holds."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmark_scripts import load_script
 from test_evaluate import BEST, OTHER, build_run
 
 from gs_tune.rundir import EVALUATION_FILE, EVALUATION_RUNS_FILE, TRIALS_FILE, read_space
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _script() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # its sibling study_runs, as when it is run
-    try:
-        spec = importlib.util.spec_from_file_location("study_archive", BENCHMARKS / "study_archive.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def _study(runs: Path) -> None:
@@ -48,7 +32,7 @@ def _study(runs: Path) -> None:
 
 
 def test_save_keeps_finished_searches_and_the_journal_not_checkpoints(tmp_path: Path) -> None:
-    archive_mod = _script()
+    archive_mod = load_script("study_archive")
     runs, archive = tmp_path / "runs", tmp_path / "archive"
     _study(runs)
 
@@ -62,7 +46,7 @@ def test_save_keeps_finished_searches_and_the_journal_not_checkpoints(tmp_path: 
 
 
 def test_restore_brings_back_what_a_new_machine_lacks_and_overwrites_nothing(tmp_path: Path) -> None:
-    archive_mod = _script()
+    archive_mod = load_script("study_archive")
     runs, archive = tmp_path / "runs", tmp_path / "archive"
     _study(runs)
     archive_mod.save(runs, archive)
@@ -83,7 +67,7 @@ def test_restore_brings_back_what_a_new_machine_lacks_and_overwrites_nothing(tmp
 
 
 def test_a_finished_evaluation_drops_the_archived_journal(tmp_path: Path) -> None:
-    archive_mod = _script()
+    archive_mod = load_script("study_archive")
     runs, archive = tmp_path / "runs", tmp_path / "archive"
     _study(runs)
     archive_mod.save(runs, archive)
@@ -98,7 +82,7 @@ def test_a_finished_evaluation_drops_the_archived_journal(tmp_path: Path) -> Non
 
 
 def test_not_a_study_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    archive_mod = _script()
+    archive_mod = load_script("study_archive")
     (tmp_path / "runs").mkdir()
 
     assert archive_mod.main(["save", str(tmp_path / "runs"), str(tmp_path / "archive")]) == 1

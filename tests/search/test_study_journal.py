@@ -4,29 +4,18 @@ the keys are checked against the ones evaluate computes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from benchmark_scripts import load_script
 from test_evaluate import BEST, OTHER, build_run
 
 from gs_tune.config import train_config
 from gs_tune.results.tables import write_evaluation
 from gs_tune.rundir import EVALUATION_RUNS_FILE
 from gs_tune.search.evaluate import _finished_runs, _methods, _run_values, _seed_list, run_key
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "study_journal.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("study_journal", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _evaluated(run_dir: Path, tasks: int = 10) -> tuple[list[str], list[dict[str, Any]]]:
@@ -52,13 +41,13 @@ def test_the_journal_holds_every_run_under_evaluates_key(tmp_path: Path) -> None
     journal = run_dir / EVALUATION_RUNS_FILE
     journal.write_text(json.dumps({"key": "an earlier run", "row": {"method": "x"}}) + '\n{"key": "torn')
 
-    assert _script().main([str(run_dir)]) == 0
+    assert load_script("study_journal").main([str(run_dir)]) == 0
 
     held = _finished_runs(journal)
     assert set(held) == {*keys, "an earlier run"}  # every run; the torn line dropped, the whole one kept
     for key, row in zip(keys, rows):
         assert held[key]["method"] == row["method"] and held[key]["seed"] == row["seed"]
-    assert _script().main([str(run_dir)]) == 0  # run again (a killed extension): nothing doubled
+    assert load_script("study_journal").main([str(run_dir)]) == 0  # run again (a killed extension): nothing doubled
     assert len(journal.read_text().splitlines()) == len(keys) + 1
 
 
@@ -69,7 +58,7 @@ def test_a_row_that_does_not_give_back_its_configuration_writes_nothing(
     rows[1]["params"] = {**rows[1]["params"], "not_a_field": 1}
     write_evaluation(run_dir, rows)
 
-    assert _script().main([str(run_dir)]) == 1
+    assert load_script("study_journal").main([str(run_dir)]) == 1
 
     assert "row 1" in capsys.readouterr().err
     assert not (run_dir / EVALUATION_RUNS_FILE).exists()
