@@ -13,12 +13,20 @@ A killed process loses nothing it wrote (the kernel holds the data), and an even
 mid-write is the last line, without its newline, and is dropped on reading. While the directory
 exists it, not the published tables, is the run's truth; it appears and disappears by a rename,
 so a reader finds either a whole journal or none. Layout and events are private to this package.
+
+A writer that another has taken over may still be publishing tables from its last snapshot. So
+publishing and taking over both hold a lock on RUN_DIR (:meth:`Journal.exclusive`): a publish
+checks, under it, that its journal is still the one on disk, and a takeover publishes its own
+tables and starts its journal over them without an older publish landing in between.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -44,6 +52,7 @@ class Journal:
         self.path = run_dir / JOURNAL_DIR
         self._fd: int | None = None
         self._id: tuple[int, int] | None = None
+        self._holder: int | None = None  # the thread holding exclusive(), which may enter it again
 
     @property
     def is_open(self) -> bool:
@@ -93,6 +102,30 @@ class Journal:
         except OSError:
             return False
         return (st.st_dev, st.st_ino) == self._id
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run directory's writer lock (module docstring), against every other writer in
+        this process or another; the thread holding it may enter again."""
+        if self._holder == threading.get_ident():
+            yield
+            return
+        # flock on the directory itself: no lock file left behind. It belongs to the open file,
+        # so two writers in one process exclude each other too; closing the descriptor releases it.
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+        finally:
+            os.close(fd)
+
+    def taken_over(self) -> bool:
+        """Whether this writer's open journal is no longer the one on disk."""
+        return self.is_open and not self.owned()
 
     def sync(self) -> None:
         """fsync the events, so a machine crash loses at most what came after this call."""

@@ -243,7 +243,7 @@ class ResultsWriter:
             for board in self._boards.values():
                 board.suspend()
             self._boards.clear()
-        if self._journal.is_open and not self._journal.owned():
+        if self._journal.taken_over():
             self._journal.close()  # another writer took the directory over: its tables now
             return
         self._publisher.flush()  # on failure the journal stays, and with it every event
@@ -297,26 +297,36 @@ class ResultsWriter:
         self._state.load(*(read_table_file(p) if p.is_file() else None for p in base))
         for event in self._journal.read_events():
             self._state.replay(event)
-        self._publisher.flush()
-        self._journal.start(self._published())  # takes the directory over from any older writer
+        # Takes the directory over from any older writer. Under the lock, or an older writer's
+        # publish could land between these tables and the journal that takes them as its base.
+        with self._journal.exclusive():
+            self._publisher.flush()
+            self._journal.start(self._published())
 
     def _publish(self) -> None:
         """Write the tables from a snapshot of the state (in the publisher's thread, or flush's)."""
         trials_file, metrics_file = self._published()
         with self._lock:
-            if self._journal.is_open and not self._journal.owned():
+            if self._journal.taken_over():
                 return  # another writer took over: its tables, not these
             snap = self._state.snapshot(trials_file.exists(), metrics_file.exists())
         if snap is None:
             return
         try:
             order = pa.array(snap.order, pa.string())
-            if snap.trials_due:  # first, so every trial in metrics.parquet is in trials.parquet
+            trials = metrics = None
+            if snap.trials_due:
                 rows = trial_rows(snap.pairs, snap.types, V.cast_param)
-                write_table_atomic(self._trials_cache.update(rows, S.trials_schema(snap.types), order, snap.full),
-                                   trials_file)
+                trials = self._trials_cache.update(rows, S.trials_schema(snap.types), order, snap.full)
             if snap.metrics is not None:
-                write_table_atomic(build_metrics(*snap.metrics, order), metrics_file)
+                metrics = build_metrics(*snap.metrics, order)
+            with self._journal.exclusive():
+                if self._journal.taken_over():
+                    return  # taken over since the snapshot: these tables are older than the new writer's
+                if trials is not None:  # first, so every trial in metrics.parquet is in trials.parquet
+                    write_table_atomic(trials, trials_file)
+                if metrics is not None:
+                    write_table_atomic(metrics, metrics_file)
             self._journal.sync()
         except BaseException:
             with self._lock:

@@ -8,6 +8,7 @@ import math
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from results_helpers import FIXED, val_record
 
 from gs_tune import records
 from gs_tune.errors import RunDirError
+from gs_tune.results import tables
 from gs_tune.results.schema import (
     EVALUATION_SCHEMA,
     METRICS_SCHEMA,
@@ -324,6 +326,35 @@ def test_a_newer_writer_takes_the_directory_over(tmp_path: Path) -> None:
     assert read_trials(tmp_path).column("trial_id").to_pylist() == ["a", "b"]
     new.close()
     assert read_metrics(tmp_path).num_rows == 2
+
+
+def test_an_older_writers_publish_in_flight_does_not_land_over_the_new_tables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The older writer's publisher has its snapshot (iteration 100) and is building the tables
+    # when a newer writer takes the directory over, reports and closes; the older publish then
+    # resumes. CI once hit this order by chance: the stale tables replaced the new ones.
+    built, resume = threading.Event(), threading.Event()
+    build_metrics = tables.build_metrics
+
+    def held_first_time(*args: Any) -> pa.Table:
+        table = build_metrics(*args)
+        if not built.is_set():
+            built.set()
+            resume.wait(30)
+        return table
+
+    monkeypatch.setattr(tables, "build_metrics", held_first_time)
+    old = ResultsWriter(tmp_path)
+    old.on_report("a", val_record(100, 0.4, 0.1), FIXED)
+    assert built.wait(30)
+    old.on_report("a", val_record(200, 0.5, 0.1), FIXED)
+    new = ResultsWriter(tmp_path)
+    new.on_report("a", val_record(300, 0.65, 0.1), FIXED)
+    new.close()
+    resume.set()
+    old.close()  # waits for its publisher, whose publish must now find the directory taken over
+    metrics = read_metrics(tmp_path).to_pylist()
+    assert [(m["iteration"], m["val_accuracy"]) for m in metrics] == [(100, 0.4), (200, 0.5), (300, 0.65)]
 
 
 def _event_stream(rng: random.Random) -> list[tuple[str, Any]]:
