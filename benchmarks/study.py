@@ -363,6 +363,24 @@ def efficiency(study: Study, plots: Path) -> list[str]:
     return md + [f"![pareto]({path})"]
 
 
+def interleaved(study: Study, setting: str) -> list[str]:
+    """A setting's interleaved timing on its own (K = 5's joins its efficiency table instead)."""
+    cost, meta = _cost(study, setting)
+    if not cost:
+        return []
+    md = [f"#### Cost per meta-iteration, {setting}", "",
+          (f"| method | interleaved s / meta-iteration (median; range over rounds) | × {meta['reference']} "
+           "(median; range) |"), "|---|---|---|"]
+    md += [f"| {m} | {c['sec_per_iter_median']:.3f} ({c['sec_per_iter_min']:.3f}–{c['sec_per_iter_max']:.3f}) | "
+           f"{c['ratio_median']:.2f} ({c['ratio_min']:.2f}–{c['ratio_max']:.2f}) |" for m, c in cost.items()]
+    return md + ["", (f"`benchmarks/study_cost.py` ({meta['date']}, {meta['machine']}, torch {meta['torch']}): each "
+                      f"configuration as retrained, all in one process on {meta['threads']} thread, round-robin "
+                      f"{meta['block']} meta-iterations at a time over {meta['rounds']} rounds after a warm-up "
+                      f"round (load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end); "
+                      "the training step only. The ratio's range is over rounds, each method beside the "
+                      "reference under the same load.")]
+
+
 def _seconds(rows: Rows, method: str) -> str:
     """A method's seconds per meta-iteration: mean ± 95% t-interval over its seeds' retrainings."""
     secs = [r["sec_per_iter"] for r in rows if r["method"] == method and finite(r.get("sec_per_iter"))]
@@ -576,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     for setting in study.settings:
         md += ["", f"### {setting}", "", *test_section(study, setting, plots), "",
                f"#### Learning curves, {setting}", "", *curves(study, setting, plots)]
+        if setting != K5:
+            md += ["", *interleaved(study, setting)]
     md += ["", *efficiency(study, plots), "", *importances(study, plots), "", *scope(study)]
     text = "\n".join(md) + "\n"
     sys.stdout.write(text)
