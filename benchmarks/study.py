@@ -314,13 +314,16 @@ def _cost(study: Study, setting: str) -> tuple[dict[str, dict[str, Any]], dict[s
     return {r["method"]: r for r in timing["rows"]}, timing["meta"]
 
 
-def efficiency(study: Study, plots: Path) -> list[str]:
-    md = [f"### Efficiency at K = 5 (`{K5}`)", ""]
-    rows = evaluation(study, K5) if K5 in study.settings else None
+def efficiency(study: Study, plots: Path, setting: str = K5) -> list[str]:
+    """The efficiency question's table and Pareto plot: at K = 5 as a section of its own, with each
+    method's cost over its K = 1 cost; in another setting, once evaluated, inside its section."""
+    at_k5 = setting == K5
+    md = [f"### Efficiency at K = 5 (`{K5}`)" if at_k5 else f"#### Efficiency, {setting}", ""]
+    rows = evaluation(study, setting) if setting in study.settings else None
     if rows is None:
-        return md + ["Not evaluated yet."]
+        return md + ["Not evaluated yet."] if at_k5 else []
     iterations = int(params_of(rows[0])["iterations"])
-    (cost, meta), (cost_k1, _) = _cost(study, K5), _cost(study, "5w1s_k1")
+    (cost, meta), (cost_k1, _) = _cost(study, setting), _cost(study, "5w1s_k1")
     k1_rows = evaluation(study, "5w1s_k1") if "5w1s_k1" in study.settings else None
     results = [r for r in method_results(rows) if r.interval is not None and r.sec_per_iter is not None]
     # interleaved timings, when study_cost.py has run, are free of the machine's drift: they place the methods
@@ -333,17 +336,19 @@ def efficiency(study: Study, plots: Path) -> list[str]:
         k5 = {r.method: r.sec_per_iter for r in results}
     front = pareto_mask([(r.interval.mean, secs[r.method]) for r in results], ["max", "min"])
     timed = "interleaved s / meta-iteration (median) | × first-order MAML (median; range) | " if cost else ""
+    over_k1 = " × its K = 1 cost |" if at_k5 else ""
     md += [(f"| method | test accuracy | 95% t-interval over | {timed}retraining's s / meta-iteration (± 95% t over "
-            f"seeds) | × its K = 1 cost | training time for {iterations} iterations (min) | peak MB | Pareto-optimal |"),
-           "|---|---|---|" + ("---|---|" if cost else "") + "---|---|---|---|---|"]
+            f"seeds) |{over_k1} training time for {iterations} iterations (min) | peak MB | Pareto-optimal |"),
+           "|---|---|---|" + ("---|---|" if cost else "") + ("---|" if at_k5 else "") + "---|---|---|---|"]
     for r, on in zip(results, front):
         same = next((v for m, v in k1.items() if _k_free(m) == _k_free(r.method)), None)
         ratio = "same runs" if is_borrowed(r.method) else f"{k5[r.method] / same:.2f}" if same else "-"
+        ratio = f" {ratio} |" if at_k5 else ""
         c = cost.get(r.method)
         cells = "" if not cost else "- | - | " if c is None else (
             f"{c['sec_per_iter_median']:.3f} | {c['ratio_median']:.2f} ({c['ratio_min']:.2f}–{c['ratio_max']:.2f}) | ")
         md.append(f"| {r.method} | {r.interval.mean * 100:.2f}% ± {r.interval.half_width * 100:.2f} | "
-                  f"{over_label(r.interval)} | {cells}{_seconds(rows, r.method)} | {ratio} | "
+                  f"{over_label(r.interval)} | {cells}{_seconds(rows, r.method)} |{ratio} "
                   f"{secs[r.method] * iterations / 60:.1f} | {r.peak_memory_mb or 0:.0f} | {'yes' if on else ''} |")
     if cost:
         md += ["", (f"Interleaved: `benchmarks/study_cost.py` ({meta['date']}): each configuration as retrained, "
@@ -351,34 +356,19 @@ def efficiency(study: Study, plots: Path) -> list[str]:
                     f"meta-iterations at a time over {meta['rounds']} rounds after a warm-up round, so every "
                     f"method ran beside the reference under the same load (load average {meta['load_start']:.1f} "
                     f"at start, {meta['load_end']:.1f} at end); the training step only. These place the methods "
-                    "on the Pareto front and give the training time; × its K = 1 cost is from them too once "
-                    "5w1s_k1 has been timed the same way.")]
+                    "on the Pareto front and give the training time"
+                    + ("; × its K = 1 cost is from them too once 5w1s_k1 has been timed the same way." if at_k5
+                       else "."))]
     md += ["", ("Retraining's s / meta-iteration: the retrainings' mean over seeds with the seeds' 95% t-interval, "
                "one CPU core per run, two runs at a time on a shared machine: a method's seeds ran at different "
                "times, so the interval holds the machine's drift in speed as well as the method's own cost. "
-               "× its K = 1 cost: over the same method's row at 5w1s_k1 (Reptile searches its own K in both). "
-               "Pareto-optimal: no other method is both more accurate (mean) and cheaper per iteration; the "
+               + ("× its K = 1 cost: over the same method's row at 5w1s_k1 (Reptile searches its own K in both). "
+                  if at_k5 else "")
+               + "Pareto-optimal: no other method is both more accurate (mean) and cheaper per iteration; the "
                "intervals say which accuracy differences the data can tell."), ""]
-    path = _draw_pareto(results, secs, front, iterations, _search_points(study), plots / f"pareto_{K5}.png")
+    path = _draw_pareto(results, secs, front, iterations, _search_points(study, setting),
+                        plots / f"pareto_{setting}.png")
     return md + [f"![pareto]({path})"]
-
-
-def interleaved(study: Study, setting: str) -> list[str]:
-    """A setting's interleaved timing on its own (K = 5's joins its efficiency table instead)."""
-    cost, meta = _cost(study, setting)
-    if not cost:
-        return []
-    md = [f"#### Cost per meta-iteration, {setting}", "",
-          (f"| method | interleaved s / meta-iteration (median; range over rounds) | × {meta['reference']} "
-           "(median; range) |"), "|---|---|---|"]
-    md += [f"| {m} | {c['sec_per_iter_median']:.3f} ({c['sec_per_iter_min']:.3f}–{c['sec_per_iter_max']:.3f}) | "
-           f"{c['ratio_median']:.2f} ({c['ratio_min']:.2f}–{c['ratio_max']:.2f}) |" for m, c in cost.items()]
-    return md + ["", (f"`benchmarks/study_cost.py` ({meta['date']}, {meta['machine']}, torch {meta['torch']}): each "
-                      f"configuration as retrained, all in one process on {meta['threads']} thread, round-robin "
-                      f"{meta['block']} meta-iterations at a time over {meta['rounds']} rounds after a warm-up "
-                      f"round (load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end); "
-                      "the training step only. The ratio's range is over rounds, each method beside the "
-                      "reference under the same load.")]
 
 
 def _seconds(rows: Rows, method: str) -> str:
@@ -397,10 +387,10 @@ def _k_free(method: str) -> str:
     return method.split(", K=")[0]
 
 
-def _search_points(study: Study) -> dict[str, list[tuple[float, float]]]:
-    """(sec_per_iter, best_val_accuracy) of every search trial at K = 5 that ran all its iterations."""
+def _search_points(study: Study, setting: str) -> dict[str, list[tuple[float, float]]]:
+    """(sec_per_iter, best_val_accuracy) of every search trial of the setting that ran all its iterations."""
     out: dict[str, list[tuple[float, float]]] = {}
-    for role, run in study.settings.get(K5, {}).items():
+    for role, run in study.settings.get(setting, {}).items():
         for r in trials(run):
             if r["status"] == "completed" and finite(r.get("sec_per_iter")) and finite(r.get("best_val_accuracy")):
                 out.setdefault(role, []).append((r["sec_per_iter"], r["best_val_accuracy"]))
@@ -594,8 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     for setting in study.settings:
         md += ["", f"### {setting}", "", *test_section(study, setting, plots), "",
                f"#### Learning curves, {setting}", "", *curves(study, setting, plots)]
-        if setting != K5:
-            md += ["", *interleaved(study, setting)]
+        if setting != K5 and (table := efficiency(study, plots, setting)):
+            md += ["", *table]
     md += ["", *efficiency(study, plots), "", *importances(study, plots), "", *scope(study)]
     text = "\n".join(md) + "\n"
     sys.stdout.write(text)

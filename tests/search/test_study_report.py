@@ -1,5 +1,5 @@
-"""benchmarks/study.py's interleaved-timing table for a setting other than K = 5: every timed
-method with its median, range and ratio, under the conditions the timing recorded."""
+"""benchmarks/study.py's efficiency table in a setting other than K = 5: placed by the setting's
+own interleaved timing, with a Pareto front and plot, and without K = 5's "× its K = 1 cost"."""
 
 from __future__ import annotations
 
@@ -8,34 +8,51 @@ from pathlib import Path
 
 from benchmark_scripts import load_script
 
+from gs_tune.results.tables import write_evaluation
+
 study = load_script("study")
 
-META = {"setting": "5w1s_k1", "rounds": 8, "block": 20, "threads": 1, "reference": "first-order MAML (tuned)",
+SETTING = "5w1s_k1"
+META = {"setting": SETTING, "rounds": 8, "block": 20, "threads": 1, "reference": "first-order MAML (tuned)",
         "machine": "x86_64, 2 CPUs", "load_start": 1.84, "load_end": 1.17, "torch": "2.13.0+cpu",
         "date": "2026-12-04 19:12"}
+# (label, config_source, params, test accuracy per seed, interleaved median s / iteration)
+METHODS = [
+    ("AHE, exact HVP (tuned)", "tuned", {"algorithm": "ahe", "hvp": "exact"}, [0.89, 0.90, 0.91], 0.228),
+    ("MAML (tuned)", "baselines-run", {"algorithm": "maml"}, [0.91, 0.91, 0.92], 0.217),
+    ("first-order MAML (tuned)", "baselines-run", {"algorithm": "fomaml"}, [0.87, 0.88, 0.89], 0.180),
+]
 
 
-def _row(method: str, median: float, low: float, high: float, ratio: float) -> dict[str, object]:
-    return {"method": method, "sec_per_iter_median": median, "sec_per_iter_min": low, "sec_per_iter_max": high,
-            "ratio_median": ratio, "ratio_min": ratio - 0.1, "ratio_max": ratio + 0.1}
+def _study(runs: Path, *, evaluated: bool = True) -> object:
+    run = runs / f"{SETTING}_ahe"
+    run.mkdir(parents=True)
+    if evaluated:
+        write_evaluation(run, [
+            {"method": label.split(" ")[0].lower(), "config_source": source, "seed": 1000 + i,
+             "test_accuracy": acc, "test_ci95": 0.01, "test_tasks": 600, "sec_per_iter": 0.25,
+             "peak_memory_mb": 640.0, "params": {**params, "iterations": 2000}}
+            for label, source, params, accs, _ in METHODS for i, acc in enumerate(accs)])
+        rows = [{"method": label, "sec_per_iter_median": secs, "sec_per_iter_min": secs * 0.9,
+                 "sec_per_iter_max": secs * 1.1, "ratio_median": secs / 0.180, "ratio_min": secs / 0.180 - 0.1,
+                 "ratio_max": secs / 0.180 + 0.1} for label, *_, secs in METHODS]
+        (runs / f"cost_{SETTING}.json").write_text(json.dumps({"meta": META, "rows": rows}))
+    return study.Study(runs, "full", [], {SETTING: {"ahe": run}})
 
 
-def _study(runs: Path) -> object:
-    return study.Study(runs, "full", [], {"5w1s_k1": {}})
+def test_the_setting_is_placed_by_its_own_timing(tmp_path: Path) -> None:
+    md = study.efficiency(_study(tmp_path / "runs"), tmp_path, SETTING)
+    assert md[0] == f"#### Efficiency, {SETTING}"
+    table = {line.split(" | ")[0].lstrip("| "): line for line in md if line.startswith("| ") and "%" in line}
+    # AHE is dominated: MAML is both more accurate and cheaper in the interleaved timing
+    assert table["AHE, exact HVP (tuned)"].endswith("| 7.6 | 640 |  |")
+    assert table["MAML (tuned)"].endswith("| 7.2 | 640 | yes |")
+    assert table["first-order MAML (tuned)"].endswith("| 6.0 | 640 | yes |")
+    assert "| 0.228 | 1.27 (1.17–1.37) |" in table["AHE, exact HVP (tuned)"]
+    assert not any("K = 1" in line for line in md)
+    assert "2026-12-04 19:12" in "\n".join(md)
+    assert (tmp_path / f"pareto_{SETTING}.png").stat().st_size > 0
 
 
-def test_each_timed_method_gets_its_row_and_the_conditions_are_stated(tmp_path: Path) -> None:
-    rows = [_row("AHE, exact HVP (tuned)", 0.2284, 0.1984, 0.2521, 1.2556),
-            _row("first-order MAML (tuned)", 0.1799, 0.1680, 0.1963, 1.0)]
-    (tmp_path / "cost_5w1s_k1.json").write_text(json.dumps({"meta": META, "rows": rows}))
-    md = study.interleaved(_study(tmp_path), "5w1s_k1")
-    assert md[0] == "#### Cost per meta-iteration, 5w1s_k1"
-    assert "| AHE, exact HVP (tuned) | 0.228 (0.198–0.252) | 1.26 (1.16–1.36) |" in md
-    assert "| first-order MAML (tuned) | 0.180 (0.168–0.196) | 1.00 (0.90–1.10) |" in md
-    assert "× first-order MAML (tuned)" in md[2]
-    note = md[-1]
-    assert "2026-12-04 19:12" in note and "8 rounds" in note and "load average 1.8 at start, 1.2 at end" in note
-
-
-def test_an_untimed_setting_prints_nothing(tmp_path: Path) -> None:
-    assert study.interleaved(_study(tmp_path), "20w1s_k1") == []
+def test_a_setting_not_yet_evaluated_prints_nothing(tmp_path: Path) -> None:
+    assert study.efficiency(_study(tmp_path / "runs", evaluated=False), tmp_path, SETTING) == []
