@@ -323,17 +323,11 @@ def efficiency(study: Study, plots: Path, setting: str = K5) -> list[str]:
     if rows is None:
         return md + ["Not evaluated yet."] if at_k5 else []
     iterations = int(params_of(rows[0])["iterations"])
-    (cost, meta), (cost_k1, _) = _cost(study, setting), _cost(study, "5w1s_k1")
-    k1_rows = evaluation(study, "5w1s_k1") if "5w1s_k1" in study.settings else None
+    cost, meta = _cost(study, setting)
     results = [r for r in method_results(rows) if r.interval is not None and r.sec_per_iter is not None]
     # interleaved timings, when study_cost.py has run, are free of the machine's drift: they place the methods
     secs = {r.method: cost[r.method]["sec_per_iter_median"] if r.method in cost else r.sec_per_iter for r in results}
-    if cost and cost_k1:  # a K = 5 over K = 1 ratio from timings of one kind
-        k1 = {m: r["sec_per_iter_median"] for m, r in cost_k1.items()}
-        k5 = secs
-    else:
-        k1 = {r.method: r.sec_per_iter for r in method_results(k1_rows or [])}
-        k5 = {r.method: r.sec_per_iter for r in results}
+    ratios = _over_k1(study, results, secs if cost else {}) if at_k5 else {}
     front = pareto_mask([(r.interval.mean, secs[r.method]) for r in results], ["max", "min"])
     timed = "interleaved s / meta-iteration (median) | × first-order MAML (median; range) | " if cost else ""
     over_k1 = " × its K = 1 cost |" if at_k5 else ""
@@ -341,9 +335,7 @@ def efficiency(study: Study, plots: Path, setting: str = K5) -> list[str]:
             f"seeds) |{over_k1} training time for {iterations} iterations (min) | peak MB | Pareto-optimal |"),
            "|---|---|---|" + ("---|---|" if cost else "") + ("---|" if at_k5 else "") + "---|---|---|---|"]
     for r, on in zip(results, front):
-        same = next((v for m, v in k1.items() if _k_free(m) == _k_free(r.method)), None)
-        ratio = "same runs" if is_borrowed(r.method) else f"{k5[r.method] / same:.2f}" if same else "-"
-        ratio = f" {ratio} |" if at_k5 else ""
+        ratio = f" {ratios[r.method]} |" if at_k5 else ""
         c = cost.get(r.method)
         cells = "" if not cost else "- | - | " if c is None else (
             f"{c['sec_per_iter_median']:.3f} | {c['ratio_median']:.2f} ({c['ratio_min']:.2f}–{c['ratio_max']:.2f}) | ")
@@ -369,6 +361,24 @@ def efficiency(study: Study, plots: Path, setting: str = K5) -> list[str]:
     path = _draw_pareto(results, secs, front, iterations, _search_points(study, setting),
                         plots / f"pareto_{setting}.png")
     return md + [f"![pareto]({path})"]
+
+
+def _over_k1(study: Study, results: Sequence[MethodResult], timed: Mapping[str, float]) -> dict[str, str]:
+    """Each K = 5 method's cost over its own at 5w1s_k1: from the interleaved timings (``timed``,
+    empty if K = 5 has none) when both settings have them, else from the retrainings'."""
+    cost_k1, _ = _cost(study, "5w1s_k1")
+    if timed and cost_k1:  # a K = 5 over K = 1 ratio from timings of one kind
+        k1 = {m: r["sec_per_iter_median"] for m, r in cost_k1.items()}
+        k5 = dict(timed)
+    else:
+        k1_rows = evaluation(study, "5w1s_k1") if "5w1s_k1" in study.settings else None
+        k1 = {r.method: r.sec_per_iter for r in method_results(k1_rows or [])}
+        k5 = {r.method: r.sec_per_iter for r in results}
+    out = {}
+    for r in results:
+        same = next((v for m, v in k1.items() if _k_free(m) == _k_free(r.method)), None)
+        out[r.method] = "same runs" if is_borrowed(r.method) else f"{k5[r.method] / same:.2f}" if same else "-"
+    return out
 
 
 def _seconds(rows: Rows, method: str) -> str:

@@ -29,7 +29,7 @@ def _study(runs: Path, *, evaluated: bool = True) -> object:
     run.mkdir(parents=True)
     if evaluated:
         write_evaluation(run, [
-            {"method": label.split(" ")[0].lower(), "config_source": source, "seed": 1000 + i,
+            {"method": params["algorithm"], "config_source": source, "seed": 1000 + i,
              "test_accuracy": acc, "test_ci95": 0.01, "test_tasks": 600, "sec_per_iter": 0.25,
              "peak_memory_mb": 640.0, "params": {**params, "iterations": 2000}}
             for label, source, params, accs, _ in METHODS for i, acc in enumerate(accs)])
