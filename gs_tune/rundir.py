@@ -12,6 +12,7 @@ the benchmarks) goes through this module, so the layout is written down once::
     RUN_DIR/evaluation.parquet  `gs-tune evaluate`, one row per run;  RUN_DIR/report/  `gs-tune report`
     RUN_DIR/evaluation_pairs.parquet  `gs-tune evaluate`'s paired differences from its reference
     RUN_DIR/evaluation_runs.jsonl     an unfinished `gs-tune evaluate`'s finished runs (it resumes from them)
+    RUN_DIR/evaluation_checkpoints/   its unfinished runs' checkpoints, one directory per run
 
 ``run.json`` records at launch the facts the results need (objectives with their trials.parquet
 column, the searched parameter names), so nothing downstream re-parses the space. No Ray here.
@@ -43,6 +44,7 @@ METRICS_FILE = "metrics.parquet"
 EVALUATION_FILE = "evaluation.parquet"
 EVALUATION_PAIRS_FILE = "evaluation_pairs.parquet"
 EVALUATION_RUNS_FILE = "evaluation_runs.jsonl"
+EVALUATION_CHECKPOINTS_DIR = "evaluation_checkpoints"
 REPORT_DIR = "report"
 
 # A trial's status in trials.parquet, in lifecycle order. early_stopped: ASHA stopped it before its

@@ -26,9 +26,11 @@ Protocol (docs/protocol.md says it in full):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from gs_tune.fileio import FILE_MODE, append_json_line, drop_torn_line, read_jso
 from gs_tune.results.evaluation import DEFAULT_REFERENCE, format_summary, paired_results, write_pairs
 from gs_tune.results.schema import trial_params
 from gs_tune.results.tables import read_evaluation, read_trials, write_evaluation
-from gs_tune.rundir import EVALUATION_RUNS_FILE, FINISHED, read_space
+from gs_tune.rundir import EVALUATION_CHECKPOINTS_DIR, EVALUATION_RUNS_FILE, FINISHED, read_space
 from gs_tune.search.space import SearchSpace
 
 # Reptile's inner steps when none of at least 2 is given (TrainConfig's 1 would be joint training on
@@ -52,6 +54,7 @@ EVAL_SEED_BASE = 1000
 DEFAULT_SEEDS = 5
 SMOKE_TASKS, SMOKE_SEEDS = 20, 2  # --smoke caps: enough to exercise every step, not to compare
 RETRAIN_SPLITS = "train+val"
+RESUMED = "resumed"  # _retrain's flag: the run went on from a checkpoint an earlier attempt left
 _FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -181,23 +184,33 @@ def _same_training(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 @ray.remote(num_cpus=1, max_calls=1)
-def _retrain(values: dict[str, Any]) -> dict[str, Any]:
-    """Train one configuration to the end; its last validation record updated by the test record
-    (test_* fields), or by the diverged record.
+def _retrain(values: dict[str, Any], checkpoint_dir: str) -> dict[str, Any]:
+    """Train one configuration to the end, from its checkpoint in ``checkpoint_dir`` if an earlier
+    attempt left one; its last validation record updated by the test record (test_* fields), or by
+    the diverged record, and RESUMED: whether it went on from a checkpoint.
 
     max_calls=1 gives every run a fresh worker process: peak_memory_mb is the process's peak
     (ru_maxrss, or CUDA's max allocated), which a reused worker would carry over between runs.
     """
     import torch
 
-    from gs_tune.trainer import train
+    from gs_tune.trainer import CHECKPOINT_NAME, train
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
+    directory: Path | None = Path(checkpoint_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a node that cannot write there: the run goes on without checkpoints
+        directory = None
+    resume = directory / CHECKPOINT_NAME if directory is not None else None
+    resume = resume if resume is not None and resume.is_file() else None
     final: dict[str, Any] = {}
-    for record in train(train_config(values), device="cuda" if ray.get_gpu_ids() else "cpu"):
+    for record in train(train_config(values), device="cuda" if ray.get_gpu_ids() else "cpu",
+                        resume_from=resume, checkpoint_dir=directory):
         final.update(record)  # the test record carries test_* only; device and timings are the val's
-    return final
+    final.pop("checkpoint", None)
+    return {**final, RESUMED: resume is not None}
 
 
 def _seed_list(methods: Sequence[Method], seeds: int) -> list[int]:
@@ -212,6 +225,12 @@ def run_key(method: Method, seed: int, values: Mapping[str, Any]) -> str:
     configuration (test tasks and smoke budget included)."""
     return json.dumps({"method": method.name, "source": method.source, "seed": seed,
                        "config": train_config(values).as_dict()}, sort_keys=True, default=str)
+
+
+def checkpoint_dir(run_dir: Path, key: str) -> Path:
+    """Where the run of ``key`` (run_key) checkpoints: named by the key's hash, so a changed
+    configuration never resumes from another's checkpoint."""
+    return run_dir / EVALUATION_CHECKPOINTS_DIR / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _finished_runs(path: Path) -> dict[str, dict[str, Any]]:
@@ -254,16 +273,21 @@ def _retrain_all(space: SearchSpace, methods: Sequence[Method], runs: Sequence[t
         # The search's resources per trial, so sec_per_iter compares with the search's trials.
         task = _retrain.options(num_cpus=space.cpus_per_trial,
                                 num_gpus=gpus_per_trial(space.gpus_per_trial, cluster.has_gpus))
-        pending = {task.remote(values): (i, seed, values) for i, seed, values in todo}
+        pending = {task.remote(values, str(checkpoint_dir(journal.parent, run_key(methods[i], seed, values)))):
+                   (i, seed, values) for i, seed, values in todo}
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             i, seed, values = pending.pop(ref)
             record = ray.get(ref)
             rows[(i, seed)] = _row(methods[i], seed, values, record)
-            _append_run(journal, run_key(methods[i], seed, values), rows[(i, seed)])
+            key = run_key(methods[i], seed, values)
+            _append_run(journal, key, rows[(i, seed)])
+            shutil.rmtree(checkpoint_dir(journal.parent, key), ignore_errors=True)  # the journal holds it now
             acc, ci = record.get("test_accuracy"), record.get("test_ci95")
             result = "diverged" if acc is None else (f"test accuracy {acc * 100:.2f}% ± {ci * 100:.2f}% (95% "
                                                       f"t-interval over {values['test_tasks']} test tasks)")
+            if record.get(RESUMED):
+                result += ", went on from its checkpoint"
             print(f"[{len(rows)}/{len(runs)}] {methods[i].name} seed {seed}: {result}", flush=True)
     return [rows[k] for k in sorted(rows)]
 
@@ -297,6 +321,7 @@ def evaluate_run(
     path = write_evaluation(run_dir, rows)
     write_pairs(run_dir, pairs)
     journal.unlink(missing_ok=True)  # its runs are in evaluation.parquet: a new evaluation retrains
+    shutil.rmtree(run_dir / EVALUATION_CHECKPOINTS_DIR, ignore_errors=True)
     print()
     print(format_summary(rows, pairs))
     print(f"\nevaluation: {path}")

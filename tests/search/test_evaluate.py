@@ -17,7 +17,7 @@ from gs_tune.errors import ConfigError, RunDirError
 from gs_tune.results.evaluation import TEST_TASK_FIELDS, read_pairs
 from gs_tune.results.schema import EVALUATION_SCHEMA
 from gs_tune.results.tables import ResultsWriter
-from gs_tune.rundir import EVALUATION_PAIRS_FILE, EVALUATION_RUNS_FILE
+from gs_tune.rundir import EVALUATION_CHECKPOINTS_DIR, EVALUATION_PAIRS_FILE, EVALUATION_RUNS_FILE
 from gs_tune.search import evaluate as evaluate_module
 from gs_tune.search.evaluate import (
     EVAL_SEED_BASE,
@@ -25,11 +25,12 @@ from gs_tune.search.evaluate import (
     _finished_runs,
     _methods,
     _run_values,
+    checkpoint_dir,
     evaluate_run,
     run_key,
 )
 from gs_tune.search.space import load_space, parse_space
-from gs_tune.trainer import _Samplers
+from gs_tune.trainer import CHECKPOINT_NAME, RunState, _Samplers, train
 
 # The space's --smoke budget shrunk further (the shipped one takes ~15 s per training on a loaded
 # 2-core machine): evaluate_run(smoke=True) trains with the run dir's own smoke block.
@@ -50,10 +51,10 @@ def _val(iteration: int, acc: float) -> dict[str, Any]:
 
 
 def build_run(run_dir: Path, trials: list[tuple[str, dict[str, Any], float, str]],
-              space_name: str = "cosine_l2") -> dict[str, Any]:
+              space_name: str = "cosine_l2", smoke: dict[str, Any] | None = None) -> dict[str, Any]:
     """space.yaml (smoke-sized) and trials.parquet as a search leaves them; the fixed values."""
     data = load_space(space_name).to_dict()
-    data["smoke"] = TINY_SMOKE
+    data["smoke"] = TINY_SMOKE if smoke is None else smoke
     space = parse_space(data, space_name).with_overrides(smoke=True)
     run_dir.mkdir(parents=True)
     (run_dir / "space.yaml").write_text(space.to_yaml())
@@ -286,3 +287,53 @@ def test_an_interrupted_evaluation_keeps_its_finished_runs(tmp_path: Path, capsy
     assert "1 of 3 runs already done" in capsys.readouterr().out
     assert len(appended) == 2  # the two retrained
     assert not journal.exists()  # evaluation.parquet holds its runs now
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_run_killed_mid_training_goes_on_from_its_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retraining killed after its checkpoint at iteration 2 of 4 goes on from there when the
+    evaluation is started again, and scores exactly what the uninterrupted run scores; the
+    checkpoints are gone once the evaluation is written."""
+    run_dir = tmp_path / "run"
+    build_run(run_dir, [("b", BEST, 0.61, "completed")], smoke={**TINY_SMOKE, "checkpoint_every": 2})
+    space, methods, _ = _methods(run_dir, [], [], reference=None)
+    tasks = 10
+    values = _run_values(methods[0].values, EVAL_SEED_BASE, tasks, space.smoke)
+    cfg = train_config(values)
+    digits = load_dataset("digits")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the evaluation's one-CPU task trains
+    try:
+        uninterrupted = list(train(cfg, dataset=digits))[-1]
+
+        checkpoint = RunState.checkpoint
+
+        def checkpoint_then_die(self: RunState, directory: Path | None) -> str | None:
+            path = checkpoint(self, directory)
+            if self.iteration == 2:
+                raise _Killed
+            return path
+
+        monkeypatch.setattr(RunState, "checkpoint", checkpoint_then_die)
+        ckpt = checkpoint_dir(run_dir, run_key(methods[0], EVAL_SEED_BASE, values))
+        with pytest.raises(_Killed):
+            list(train(cfg, dataset=digits, checkpoint_dir=ckpt))
+        monkeypatch.setattr(RunState, "checkpoint", checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+    assert (ckpt / CHECKPOINT_NAME).is_file()
+
+    evaluate_run(run_dir, baselines=[], seeds=1, tasks=tasks, reference=None, smoke=True,
+                 object_store_memory=200 * 2**20)
+
+    out = capsys.readouterr().out
+    resumed = [line for line in out.splitlines() if "went on from its checkpoint" in line]
+    assert len(resumed) == 1 and methods[0].name in resumed[0]  # the others had none to go on from
+    rows = {r["method"]: r for r in pq.read_table(run_dir / "evaluation.parquet").to_pylist()}
+    assert rows[methods[0].name]["test_accuracy"] == uninterrupted["test_accuracy"]
+    assert rows[methods[0].name]["test_ci95"] == uninterrupted["test_ci95"]
+    assert not (run_dir / EVALUATION_CHECKPOINTS_DIR).exists()
