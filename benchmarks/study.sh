@@ -117,10 +117,12 @@ if ! head -1 "$MANIFEST" | grep -qx "mode${TAB}$MODE"; then
   echo "study.sh: $RUNS holds a $(head -1 "$MANIFEST" | cut -f2) study; use another RUNS_DIR for a $MODE one" >&2; exit 2
 fi
 # Which code each invocation ran: a study continued across commits, or with gs_tune/ edited, is a
-# deviation study.py reports (a run keeps the code it started with only until it is resumed).
+# deviation study.py reports (a run keeps the code it started with only until it is resumed). An
+# edit is named by its diff's hash: benchmarks/study_pin.patch's is c0947023b068.
 printf '%s\t%s\t%s\t%s\n' "$(date '+%F %T')" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   "$(git rev-parse --short HEAD:gs_tune 2>/dev/null || echo unknown)" \
-  "$(git diff --quiet HEAD -- gs_tune 2>/dev/null && echo clean || echo 'gs_tune/ edited')" >> "$RUNS/study.invocations"
+  "$(git diff --quiet HEAD -- gs_tune 2>/dev/null && echo clean \
+     || echo "gs_tune/ edited, diff sha256 $(git diff HEAD -- gs_tune | sha256sum | cut -c1-12)")" >> "$RUNS/study.invocations"
 note() { printf '\n[study %s] %s\n' "$(date '+%F %T')" "$*"; }
 keep() {  # the finished steps' tables into the archive (to be committed)
   [ -z "$ARCHIVE" ] || "$PY" benchmarks/study_archive.py save "$RUNS" "$ARCHIVE" \
