@@ -118,7 +118,8 @@ if ! head -1 "$MANIFEST" | grep -qx "mode${TAB}$MODE"; then
 fi
 # Which code each invocation ran: a study continued across commits, or with gs_tune/ edited, is a
 # deviation study.py reports (a run keeps the code it started with only until it is resumed). An
-# edit is named by its diff's hash: benchmarks/study_pin.patch's is c0947023b068.
+# edit is named by its diff's hash: benchmarks/study_pin.patch's is e3793661b1e5 (c0947023b068
+# before runner.py joined it).
 printf '%s\t%s\t%s\t%s\n' "$(date '+%F %T')" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   "$(git rev-parse --short HEAD:gs_tune 2>/dev/null || echo unknown)" \
   "$(git diff --quiet HEAD -- gs_tune 2>/dev/null && echo clean \
