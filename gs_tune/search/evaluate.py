@@ -204,12 +204,12 @@ def _retrain(values: dict[str, Any], checkpoint_dir: str) -> dict[str, Any]:
     except OSError:  # a node that cannot write there: the run goes on without checkpoints
         directory = None
     resume = directory / CHECKPOINT_NAME if directory is not None else None
-    resume = resume if resume is not None and resume.is_file() else None
+    if resume is not None and not resume.is_file():
+        resume = None
     final: dict[str, Any] = {}
     for record in train(train_config(values), device="cuda" if ray.get_gpu_ids() else "cpu",
                         resume_from=resume, checkpoint_dir=directory):
         final.update(record)  # the test record carries test_* only; device and timings are the val's
-    final.pop("checkpoint", None)
     return {**final, RESUMED: resume is not None}
 
 
@@ -262,7 +262,8 @@ def _retrain_all(space: SearchSpace, methods: Sequence[Method], runs: Sequence[t
 
     done = _finished_runs(journal)
     drop_torn_line(journal)  # the runs appended below must not join a line a kill left torn
-    rows = {(i, seed): done[k] for i, seed, values in runs if (k := run_key(methods[i], seed, values)) in done}
+    keys = {(i, seed): run_key(methods[i], seed, values) for i, seed, values in runs}
+    rows = {run: done[key] for run, key in keys.items() if key in done}
     if rows:
         print(f"gs-tune: {len(rows)} of {len(runs)} runs already done, kept from {journal}", flush=True)
     todo = [(i, seed, values) for i, seed, values in runs if (i, seed) not in rows]
@@ -273,16 +274,15 @@ def _retrain_all(space: SearchSpace, methods: Sequence[Method], runs: Sequence[t
         # The search's resources per trial, so sec_per_iter compares with the search's trials.
         task = _retrain.options(num_cpus=space.cpus_per_trial,
                                 num_gpus=gpus_per_trial(space.gpus_per_trial, cluster.has_gpus))
-        pending = {task.remote(values, str(checkpoint_dir(journal.parent, run_key(methods[i], seed, values)))):
-                   (i, seed, values) for i, seed, values in todo}
+        ckpt = {run: checkpoint_dir(journal.parent, key) for run, key in keys.items()}
+        pending = {task.remote(values, str(ckpt[(i, seed)])): (i, seed, values) for i, seed, values in todo}
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             i, seed, values = pending.pop(ref)
             record = ray.get(ref)
             rows[(i, seed)] = _row(methods[i], seed, values, record)
-            key = run_key(methods[i], seed, values)
-            _append_run(journal, key, rows[(i, seed)])
-            shutil.rmtree(checkpoint_dir(journal.parent, key), ignore_errors=True)  # the journal holds it now
+            _append_run(journal, keys[(i, seed)], rows[(i, seed)])
+            shutil.rmtree(ckpt[(i, seed)], ignore_errors=True)  # the journal holds the run now
             acc, ci = record.get("test_accuracy"), record.get("test_ci95")
             result = "diverged" if acc is None else (f"test accuracy {acc * 100:.2f}% ± {ci * 100:.2f}% (95% "
                                                       f"t-interval over {values['test_tasks']} test tasks)")
