@@ -24,7 +24,7 @@ METHODS = [
 ]
 
 
-def _study(runs: Path, *, evaluated: bool = True) -> object:
+def _study(runs: Path, *, evaluated: bool = True, methods: list = METHODS) -> object:
     run = runs / f"{SETTING}_ahe"
     run.mkdir(parents=True)
     if evaluated:
@@ -32,10 +32,10 @@ def _study(runs: Path, *, evaluated: bool = True) -> object:
             {"method": params["algorithm"], "config_source": source, "seed": 1000 + i,
              "test_accuracy": acc, "test_ci95": 0.01, "test_tasks": 600, "sec_per_iter": 0.25,
              "peak_memory_mb": 640.0, "params": {**params, "iterations": 2000}}
-            for label, source, params, accs, _ in METHODS for i, acc in enumerate(accs)])
+            for label, source, params, accs, _ in methods for i, acc in enumerate(accs)])
         rows = [{"method": label, "sec_per_iter_median": secs, "sec_per_iter_min": secs * 0.9,
                  "sec_per_iter_max": secs * 1.1, "ratio_median": secs / 0.180, "ratio_min": secs / 0.180 - 0.1,
-                 "ratio_max": secs / 0.180 + 0.1} for label, *_, secs in METHODS]
+                 "ratio_max": secs / 0.180 + 0.1} for label, *_, secs in methods]
         (runs / f"cost_{SETTING}.json").write_text(json.dumps({"meta": META, "rows": rows}))
     return study.Study(runs, "full", [], {SETTING: {"ahe": run}})
 
@@ -56,3 +56,38 @@ def test_the_setting_is_placed_by_its_own_timing(tmp_path: Path) -> None:
 
 def test_a_setting_not_yet_evaluated_prints_nothing(tmp_path: Path) -> None:
     assert study.efficiency(_study(tmp_path / "runs", evaluated=False), tmp_path, SETTING) == []
+
+
+REPTILE = ("Reptile, K=9 (tuned)", "baselines-run", {"algorithm": "reptile", "inner_steps": 9},
+           [0.86, 0.84, 0.87], 1.468)
+
+
+def _test_tables(md: list[str]) -> dict[str, list[str]]:
+    """Each bold-titled table of the test section: its title, and its rows' first two cells."""
+    tables: dict[str, list[str]] = {}
+    title = None
+    for line in md:
+        if line.startswith("**") and "(percentage points)" in line:
+            title = line.split("**")[1]
+            tables[title] = []
+        elif title and line.startswith("| ") and " pp " in line:
+            tables[title].append(" | ".join(cell.strip() for cell in line.strip("| ").split(" | ")[:2]))
+    return tables
+
+
+def test_the_other_methods_are_paired_with_reptile_once_it_is_in(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(study, "config_table", lambda *args: [])
+    monkeypatch.setattr(study, "reptile_pending", lambda *args: None)
+    runs = _study(tmp_path / "runs", methods=[*METHODS, REPTILE])
+    tables = _test_tables(study.test_section(runs, SETTING, tmp_path))
+    # method − Reptile over the three shared seeds: AHE (0.89, 0.90, 0.91) − (0.86, 0.84, 0.87)
+    assert tables["The other first-order baseline: minus tuned Reptile"] == [
+        "AHE, exact HVP (tuned) | +4.33 pp ± 3.79 pp", "MAML (tuned) | +5.67 pp ± 2.87 pp"]
+    assert "Reptile, K=9 (tuned) | -2.33 pp ± 3.79 pp" in tables["Paired differences from tuned first-order MAML"]
+
+
+def test_without_reptile_there_is_no_reptile_table(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(study, "config_table", lambda *args: [])
+    tables = _test_tables(study.test_section(_study(tmp_path / "runs"), SETTING, tmp_path))
+    assert "Paired differences from tuned first-order MAML" in tables
+    assert not any("Reptile" in title for title in tables)
