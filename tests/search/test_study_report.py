@@ -1,5 +1,6 @@
-"""benchmarks/study.py's efficiency table in a setting other than K = 5: placed by the setting's
-own interleaved timing, with a Pareto front and plot, and without K = 5's "× its K = 1 cost"."""
+"""benchmarks/study.py's report of one setting: the efficiency table in a setting other than K = 5
+(placed by the setting's own interleaved timing, with a Pareto front and plot, and without K = 5's
+"× its K = 1 cost"), and the test section's paired tables, Reptile's among them once it is in."""
 
 from __future__ import annotations
 
@@ -75,9 +76,7 @@ def _test_tables(md: list[str]) -> dict[str, list[str]]:
     return tables
 
 
-def test_the_other_methods_are_paired_with_reptile_once_it_is_in(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(study, "config_table", lambda *args: [])
-    monkeypatch.setattr(study, "reptile_pending", lambda *args: None)
+def test_the_other_methods_are_paired_with_reptile_once_it_is_in(tmp_path: Path) -> None:
     runs = _study(tmp_path / "runs", methods=[*METHODS, REPTILE])
     tables = _test_tables(study.test_section(runs, SETTING, tmp_path))
     # method − Reptile over the three shared seeds: AHE (0.89, 0.90, 0.91) − (0.86, 0.84, 0.87)
@@ -86,8 +85,7 @@ def test_the_other_methods_are_paired_with_reptile_once_it_is_in(tmp_path: Path,
     assert "Reptile, K=9 (tuned) | -2.33 pp ± 3.79 pp" in tables["Paired differences from tuned first-order MAML"]
 
 
-def test_without_reptile_there_is_no_reptile_table(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(study, "config_table", lambda *args: [])
+def test_without_reptile_there_is_no_reptile_table(tmp_path: Path) -> None:
     tables = _test_tables(study.test_section(_study(tmp_path / "runs"), SETTING, tmp_path))
     assert "Paired differences from tuned first-order MAML" in tables
     assert not any("Reptile" in title for title in tables)
